@@ -1,0 +1,119 @@
+"""Apply a checkpoint to whole images and score it:
+``python evaluate.py ckpt_path=CKPT images=PATH_OR_GLOB [labels=PATH_OR_GLOB] output_dir=DIR``.
+
+Writes ``<name>_seg.tif`` per image and, with labels, ``metrics.json`` (overall and per image:
+accuracy, miou, iou and dice per phase, confusion matrix) and prints the table. Every input is
+read and checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from src.analysis.metrics import confusion_matrix, format_table, scores_from_confusion
+from src.config import CONFIG_DIR, setup_config_env
+from src.data.io import write_tiff
+from src.data.sources import load_pair, pair_images_labels, pair_key
+from src.data.transforms import normalize_percentile
+from src.models.checkpoint import load_segmentation_checkpoint
+from src.prediction import SlidingWindowPredictor
+from src.visualize import save_panel_png
+
+log = logging.getLogger("evaluate")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (temp file, then rename)."""
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Predict every image, write segmentations (and metrics when labelled); return the metrics."""
+    module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model"))
+    class_names = list(module.class_names)
+    pairs = pair_images_labels(cfg.images, cfg.labels)
+    for image_path, label_path in pairs:  # check everything before writing anything
+        load_pair(image_path, label_path, len(class_names))
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    inference = dict(module.hparams.get("inference") or {})
+    predictor = SlidingWindowPredictor(
+        module.net, module.spatial_dims, module.size_multiple,
+        roi_size=cfg.roi_size or inference.get("roi_size", 256),
+        overlap=cfg.overlap if cfg.overlap is not None else inference.get("overlap", 0.25),
+        sw_batch_size=cfg.sw_batch_size or inference.get("sw_batch_size", 8),
+        mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=resolve_device(cfg.device),
+    )
+    norm = data_hparams.get("normalize") or {"lower": 0.5, "upper": 99.5}
+    per_image: dict[str, dict] = {}
+    total_cm = np.zeros((len(class_names),) * 2, np.int64)
+    for image_path, label_path in pairs:
+        name = pair_key(Path(image_path))
+        image, label = load_pair(image_path, label_path, len(class_names))
+        log.info("predicting %s %s", image_path, image.shape)
+        probs_parts: list[np.ndarray] = []
+        on_probs = (lambda _z, p, parts=probs_parts: parts.append(p)) if cfg.save_probabilities else None
+        seg = predictor.predict(normalize_percentile(image, norm["lower"], norm["upper"]), on_probs, cfg.progress)
+        write_tiff(out_dir / f"{name}_seg.tif", seg)
+        if probs_parts:
+            axis = 1 if image.ndim == 3 and module.spatial_dims == 2 else 0
+            probs = probs_parts[0] if len(probs_parts) == 1 else np.concatenate(probs_parts, axis=axis)
+            write_tiff(out_dir / f"{name}_probs.tif", probs.astype(np.float32))
+        if cfg.panels:
+            mid = (lambda a: a[a.shape[0] // 2]) if image.ndim == 3 else (lambda a: a)
+            save_panel_png(
+                out_dir / f"{name}_panel.png", [mid(np.asarray(image))], [None if label is None else mid(label)],
+                [mid(seg)], class_names, title=f"{name} ({module.hparams.get('name', 'model')})",
+            )
+        if label is not None:
+            cm = confusion_matrix(seg, label, len(class_names))
+            total_cm += cm
+            per_image[name] = scores_from_confusion(cm, class_names)
+    if not per_image:
+        log.info("no labels given: wrote segmentations to %s", out_dir)
+        return {}
+    overall = scores_from_confusion(total_cm, class_names)
+    report = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "model": module.hparams.get("name"),
+        "class_names": class_names,
+        "overall": overall,
+        "per_image": per_image,
+    }
+    write_json(out_dir / "metrics.json", report)
+    print(format_table(per_image, overall, class_names))
+    log.info("metrics written to %s", out_dir / "metrics.json")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    setup_config_env()
+    main()

@@ -1,0 +1,133 @@
+"""LightningDataModule over (image, label) pairs: 2D slices or 3D volumes, patch-based."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from src.data.datasets import EpochSampler, LabelledVolume, RandomPatchDataset, TilePatchDataset, split_region
+from src.data.sources import PathSpec, load_pair, pair_images_labels
+from src.data.transforms import normalize_percentile, training_augmentation
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Random training patches and deterministic validation tiles from labelled images.
+
+    Args:
+        images, labels: files, folders, globs or lists of them (paired by name or order).
+        class_names: phase names; label ``i`` is ``class_names[i]``.
+        val_images, val_labels: separate validation images; when absent, the last
+            ``val_fraction`` of every training image along ``split_axis`` (default: z for 3D
+            volumes, x for 2D images) is held out, so validation is spatially separate.
+        spatial_dims: 2 (slices, from any of ``patch_axes`` of a 3D volume) or 3 (cubes).
+        patch_size: patch side in voxels (a multiple of the net's size multiple).
+        samples_per_epoch: random patches per training epoch.
+        val_max_tiles: at most this many validation tiles (taken evenly).
+        class_balanced: centre patches on voxels of a uniformly drawn phase.
+        normalize: percentiles {lower, upper} mapped to 0 and 1, per image.
+        augment: keyword arguments of :func:`~src.data.transforms.training_augmentation`,
+            or None for no augmentation.
+        prepare: a callable run once in ``prepare_data`` (e.g. generating synthetic volumes).
+        seed: the seed of patch sampling and augmentation.
+        size_multiple: patches clipped to small images are rounded down to this multiple.
+    """
+
+    def __init__(
+        self,
+        images: PathSpec,
+        labels: PathSpec,
+        class_names: Sequence[str] = ("NMC", "CBD", "pore"),
+        val_images: PathSpec | None = None,
+        val_labels: PathSpec | None = None,
+        val_fraction: float = 0.2,
+        split_axis: int | None = None,
+        spatial_dims: int = 2,
+        patch_size: int = 64,
+        patch_axes: Sequence[int] = (0, 1, 2),
+        samples_per_epoch: int = 2048,
+        val_max_tiles: int | None = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        class_balanced: bool = False,
+        normalize: dict[str, float] | None = None,
+        augment: dict[str, Any] | None = None,
+        prepare: Callable[[], Any] | None = None,
+        seed: int = 0,
+        size_multiple: int = 16,
+    ) -> None:
+        super().__init__()
+        # stored in checkpoints, so evaluate.py normalises exactly as training did
+        self.save_hyperparameters(ignore=["prepare"], logger=False)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"data.spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.images, self.labels = images, labels
+        self.val_images, self.val_labels = val_images, val_labels
+        self.class_names = list(class_names)
+        self.val_fraction = val_fraction
+        self.split_axis = split_axis
+        self.spatial_dims = spatial_dims
+        self.patch_size = patch_size
+        self.patch_axes = tuple(patch_axes)
+        self.samples_per_epoch = samples_per_epoch
+        self.val_max_tiles = val_max_tiles
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.class_balanced = class_balanced
+        self.normalize = dict(normalize or {"lower": 0.5, "upper": 99.5})
+        self.augment = dict(augment) if augment is not None else None
+        self.prepare = prepare
+        self.seed = seed
+        self.size_multiple = size_multiple
+        self.train_set: RandomPatchDataset | None = None
+        self.val_set: TilePatchDataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def _load(self, images: PathSpec, labels: PathSpec) -> list[LabelledVolume]:
+        """Read, check and normalise every pair (all checks run before any training starts)."""
+        volumes = []
+        for image_path, label_path in pair_images_labels(images, labels):
+            image, label = load_pair(image_path, label_path, len(self.class_names))
+            if image.ndim < self.spatial_dims:
+                raise ValueError(f"{image_path}: {image.ndim}D image, but data.spatial_dims={self.spatial_dims}")
+            image = normalize_percentile(image, self.normalize["lower"], self.normalize["upper"])
+            volumes.append(LabelledVolume(Path(image_path).name, image, label))
+        return volumes
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train = self._load(self.images, self.labels)
+        if self.val_images is not None:
+            val = self._load(self.val_images, self.val_labels)
+        else:
+            train_parts, val = [], []
+            for v in train:
+                axis = self.split_axis if self.split_axis is not None else (0 if v.image.ndim == 3 else v.image.ndim - 1)
+                train_region, val_region = split_region(v.image.shape, axis, self.val_fraction)
+                train_parts.append(v.crop(train_region))
+                val.append(v.crop(val_region))
+            train = train_parts
+        transform = training_augmentation(self.spatial_dims, **self.augment) if self.augment is not None else None
+        self.train_set = RandomPatchDataset(
+            train, self.patch_size, self.spatial_dims, self.patch_axes, self.samples_per_epoch,
+            self.class_balanced, len(self.class_names), transform, self.seed, self.size_multiple,
+        )
+        self.val_set = TilePatchDataset(
+            val, self.patch_size, self.spatial_dims, axis=0, max_tiles=self.val_max_tiles, size_multiple=self.size_multiple
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_set)),
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

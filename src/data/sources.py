@@ -1,0 +1,137 @@
+"""Where (image, label) pairs come from: files on disk, paired by name, or the synthetic set."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.data.io import list_images, natural_sort_key, read_image, validate_image
+
+_ROLE_SUFFIX = re.compile(r"(_|-)(image|img|grey|gray|label|labels|mask|seg|gt)$", re.IGNORECASE)
+_LABEL_SUFFIX = re.compile(r"(_|-)(label|labels|mask|gt)$", re.IGNORECASE)
+
+PathSpec = str | Path | Sequence[str | Path]
+
+
+def _expand(spec: PathSpec) -> list[Path]:
+    """A file, folder, glob or list of them → naturally sorted list of files."""
+    if isinstance(spec, str | Path):
+        return list_images(spec)
+    files: list[Path] = []
+    for item in spec:
+        files += list_images(item)
+    return files
+
+
+def pair_key(path: Path) -> str:
+    """Name shared by an image and its label: ``N.tif`` and ``N_label.tif`` both give ``N``."""
+    stem = path.name.split(".")[0]
+    return _ROLE_SUFFIX.sub("", stem)
+
+
+def pair_images_labels(images: PathSpec, labels: PathSpec | None = None) -> list[tuple[Path, Path | None]]:
+    """Pair image files with label files.
+
+    Pairs by name (``N.tif`` ↔ ``N_label.tif``, ``a_image.tif`` ↔ ``a_label.tif``) when every
+    image finds its label that way, otherwise by sorted order (the counts must then agree).
+    Label-named files (``*_label``, ``*_mask``…) that a broad image glob catches are dropped
+    from the images. Without ``labels`` every pair is ``(image, None)``.
+    """
+    image_files = _expand(images)
+    label_files = _expand(labels) if labels is not None else []
+    label_set = set(label_files)
+    image_files = [
+        f for f in image_files
+        if f not in label_set and not _LABEL_SUFFIX.search(f.name.split(".")[0])
+    ]
+    if not image_files:
+        raise FileNotFoundError(f"no image files found for images={images!r} (label files excluded)")
+    if labels is None:
+        return [(f, None) for f in image_files]
+    by_key = {pair_key(f): f for f in label_files}
+    if all(pair_key(f) in by_key for f in image_files):
+        return [(f, by_key[pair_key(f)]) for f in image_files]
+    if len(image_files) != len(label_files):
+        unmatched = [f.name for f in image_files if pair_key(f) not in by_key]
+        raise ValueError(
+            f"cannot pair {len(image_files)} images with {len(label_files)} labels: no label named "
+            f"like {unmatched[:3]} (expected N.tif ↔ N_label.tif), and the counts differ for "
+            "pairing by sorted order"
+        )
+    return list(zip(sorted(image_files, key=natural_sort_key), label_files, strict=True))
+
+
+@dataclass
+class SyntheticVolumeSet:
+    """Synthetic electrodes imaged like TXM nano-CT, generated on first use and cached.
+
+    Files ``{split}_s{seed}_image.tif`` / ``_label.tif`` / ``.json`` appear in ``out_dir`` for
+    every seed of ``train_seeds`` (split ``train``) and ``test_seeds`` (split ``test``).
+    ``microstructure`` and ``imaging`` override fields of
+    :class:`~src.data.synthetic.MicrostructureConfig` and :class:`~src.data.imaging.ImagingConfig`.
+    """
+
+    out_dir: str | Path
+    train_seeds: Sequence[int] = (0, 1)
+    test_seeds: Sequence[int] = (100,)
+    shape: Sequence[int] = (128, 128, 128)
+    microstructure: dict = field(default_factory=dict)
+    imaging: dict = field(default_factory=dict)
+    progress: bool = True
+
+    def __call__(self) -> list[dict]:
+        """Generate whatever is missing; return the paths of every volume (dicts from
+        :func:`~src.data.synthetic_volumes.make_synthetic_volume`)."""
+        from src.data.imaging import ImagingConfig
+        from src.data.synthetic import MicrostructureConfig
+        from src.data.synthetic_volumes import make_synthetic_volume
+
+        micro = MicrostructureConfig(shape=tuple(int(s) for s in self.shape), **dict(self.microstructure))
+        imaging = ImagingConfig(**dict(self.imaging))
+        out = []
+        for split, seeds in (("train", self.train_seeds), ("test", self.test_seeds)):
+            for seed in seeds:
+                out.append(
+                    make_synthetic_volume(
+                        self.out_dir, int(seed), micro, imaging, name=f"{split}_s{seed}", progress=self.progress
+                    )
+                )
+        return out
+
+
+def check_label_values(label: np.ndarray, num_classes: int, path: Path | str) -> None:
+    """Raise ValueError naming ``path`` when ``label`` is not integral or holds values outside
+    ``0 … num_classes - 1``."""
+    if not (np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.bool_)):
+        if not np.all(np.mod(label, 1) == 0):
+            raise ValueError(f"{path}: labels must be integers 0..{num_classes - 1}, got dtype {label.dtype} with fractional values")
+    lo, hi = label.min(), label.max()
+    if lo < 0 or hi >= num_classes:
+        values = np.unique(label)
+        bad = values[(values < 0) | (values >= num_classes)]
+        raise ValueError(
+            f"{path}: label values {bad[:10].tolist()} are outside the configured phases "
+            f"0..{num_classes - 1} ({num_classes} classes)"
+        )
+
+
+def load_pair(
+    image_path: Path, label_path: Path | None, num_classes: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and check an image and its labels: finite, non-constant image; same shape; labels
+    within the phases. Returns the raw image (maybe memory-mapped) and labels as uint8."""
+    image = read_image(image_path)
+    validate_image(image, image_path)
+    if label_path is None:
+        return image, None
+    label = read_image(label_path)
+    if label.shape != image.shape:
+        raise ValueError(
+            f"shape mismatch: image {image_path} is {image.shape} but label {label_path} is {label.shape}"
+        )
+    check_label_values(label, num_classes, label_path)
+    return image, np.asarray(label, dtype=np.uint8)

@@ -1,0 +1,74 @@
+"""Intensity normalisation and training augmentations (MONAI) for grey images and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+from monai import transforms as mt
+
+#: most voxels used to estimate percentiles; larger images are sampled with a regular stride
+PERCENTILE_SAMPLE = 2_000_000
+
+
+def percentile_range(
+    image: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = PERCENTILE_SAMPLE
+) -> tuple[float, float]:
+    """Grey values at the ``lower`` and ``upper`` percentiles of ``image`` (any shape).
+
+    Large (possibly memory-mapped) images are read with a regular stride so at most about
+    ``max_samples`` values are touched.
+    """
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+    flat = image.reshape(-1) if image.flags.c_contiguous else np.asarray(image).reshape(-1)
+    step = max(1, flat.size // max_samples)
+    sample = np.asarray(flat[::step], dtype=np.float64)
+    lo, hi = np.percentile(sample, [lower, upper])
+    if hi <= lo:  # nearly constant image: fall back to the full range
+        lo, hi = float(sample.min()), float(sample.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def normalize_percentile(
+    image: np.ndarray, lower: float = 0.5, upper: float = 99.5, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Map grey values so the ``lower``/``upper`` percentiles become 0/1 (float32, not clipped).
+
+    ``value_range`` (lo, hi) skips the percentile estimate, e.g. to normalise a crop with the
+    statistics of its whole image.
+    """
+    lo, hi = value_range if value_range is not None else percentile_range(image, lower, upper)
+    out = np.asarray(image, dtype=np.float32) - np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
+
+
+def training_augmentation(
+    spatial_dims: int,
+    prob: float = 0.5,
+    flips: bool = True,
+    rot90: bool = True,
+    intensity_scale: float = 0.1,
+    intensity_shift: float = 0.1,
+    noise_std: float = 0.02,
+) -> mt.Compose:
+    """Random flips, 90° rotations, intensity scale/shift and Gaussian noise.
+
+    Applied to a dict {"image": (1, *spatial), "label": (1, *spatial)}; geometric transforms act
+    on both keys, intensity transforms on the image only.
+    """
+    keys = ["image", "label"]
+    steps: list = []
+    if flips:
+        steps += [mt.RandFlipd(keys, prob=prob, spatial_axis=axis) for axis in range(spatial_dims)]
+    if rot90:
+        planes = [(0, 1)] if spatial_dims == 2 else [(0, 1), (0, 2), (1, 2)]
+        steps += [mt.RandRotate90d(keys, prob=prob, max_k=3, spatial_axes=p) for p in planes]
+    if intensity_scale > 0:
+        steps.append(mt.RandScaleIntensityd("image", factors=intensity_scale, prob=prob))
+    if intensity_shift > 0:
+        steps.append(mt.RandShiftIntensityd("image", offsets=intensity_shift, prob=prob))
+    if noise_std > 0:
+        steps.append(mt.RandGaussianNoised("image", prob=prob, std=noise_std))
+    return mt.Compose(steps)

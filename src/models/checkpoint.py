@@ -1,0 +1,53 @@
+"""Loading trained segmentation checkpoints with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.models.segmentation_module import SegmentationModule
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not the model that was asked for."""
+
+
+def load_segmentation_checkpoint(
+    path: str | Path, expected_model: str | None = None, map_location: str = "cpu"
+) -> tuple[SegmentationModule, dict[str, Any]]:
+    """Rebuild the trained module from ``path``; also return the data settings it was trained
+    with (``datamodule_hyper_parameters``: normalisation percentiles, spatial dims, ...).
+
+    Raises :class:`CheckpointError` when the file does not exist, is not a segmentation
+    checkpoint of this project, holds another model than ``expected_model`` (a model name such
+    as ``lrcsnet``), or its weights do not fit the stored network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "state_dict" not in ckpt or "net" not in hparams or "class_names" not in hparams:
+        raise CheckpointError(
+            f"checkpoint {path} is not a segmentation checkpoint of this project "
+            "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
+        )
+    name = hparams.get("name", "?")
+    target = hparams["net"].get("_target_", "?") if isinstance(hparams["net"], dict) else "?"
+    if expected_model is not None and expected_model != name:
+        raise CheckpointError(
+            f"checkpoint {path} holds model '{name}' ({target}), but model={expected_model} was asked"
+        )
+    try:
+        module = SegmentationModule(**{k: v for k, v in hparams.items() if k in
+                                       ("net", "class_names", "loss", "optimizer", "scheduler", "inference", "name")})
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit model '{name}' ({target}): {err}") from err
+    module.eval()
+    return module, dict(ckpt.get("datamodule_hyper_parameters", {}))

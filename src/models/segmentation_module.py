@@ -1,0 +1,122 @@
+"""LightningModule that trains any segmentation net (LRCS-Net, U-Net, MONAI nets) on patches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from src.analysis.metrics import scores_from_confusion
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig → plain dict (resolved), so checkpoints hold no OmegaConf objects."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_net(net: Mapping | nn.Module) -> nn.Module:
+    """An ``nn.Module`` from a config with ``_target_`` (or the module itself)."""
+    if isinstance(net, nn.Module):
+        return net
+    if "_target_" not in net:
+        raise ValueError(f"model.net needs a _target_ naming the network class, got keys {list(net)}")
+    return instantiate(net)
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains ``net`` with a Dice+CE loss and logs per-phase validation scores.
+
+    Args:
+        net: network config (``_target_`` + arguments) or an ``nn.Module``; input (B, 1, ...),
+            output logits (B, n_classes, ...). Stored in the checkpoint as config, so
+            ``SegmentationModule.load_from_checkpoint(path)`` rebuilds it.
+        class_names: phase names; logged metrics are ``val/iou_<name>``, ``val/dice_<name>``.
+        loss: loss config (default MONAI DiceCELoss on softmax with one-hot targets).
+        optimizer: partial optimizer config (``_partial_: true``), called with the parameters.
+        scheduler: partial LR scheduler config called with the optimizer, stepped per epoch.
+        inference: sliding-window settings used by ``evaluate.py`` (roi_size, overlap, ...).
+        name: model name (run names, checks in ``evaluate.py``).
+    """
+
+    def __init__(
+        self,
+        net: Mapping | nn.Module,
+        class_names: Sequence[str] = ("NMC", "CBD", "pore"),
+        loss: Mapping | None = None,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        inference: Mapping | None = None,
+        name: str = "model",
+    ) -> None:
+        super().__init__()
+        net, loss, optimizer, scheduler, inference = map(_plain, (net, loss, optimizer, scheduler, inference))
+        class_names = list(class_names)
+        self.save_hyperparameters(logger=False, ignore=["net"] if isinstance(net, nn.Module) else None)
+        self.net = build_net(net)
+        self.class_names = class_names
+        if loss is None:
+            loss = {"_target_": "monai.losses.DiceCELoss", "to_onehot_y": True, "softmax": True}
+        self.loss_fn = instantiate(loss)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(class_names))
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(getattr(self.net, "spatial_dims", None) or self.hparams.net.get("spatial_dims", 2))
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be a multiple of this (pooling depth)."""
+        if hasattr(self.net, "size_multiple"):
+            return int(self.net.size_multiple)
+        strides = self.hparams.net.get("strides") if isinstance(self.hparams.net, Mapping) else None
+        if strides:  # MONAI UNet
+            return int(np.prod(strides))
+        return 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, *spatial) grey → (B, n_classes, *spatial) logits."""
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["label"])
+        preds = logits.argmax(1)
+        self.val_confusion.update(preds, batch["label"][:, 0])
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        return {"preds": preds}
+
+    def on_validation_epoch_end(self) -> None:
+        cm = self.val_confusion.compute().cpu().numpy()
+        self.val_confusion.reset()
+        scores = scores_from_confusion(cm, self.class_names)
+        metrics = {"val/accuracy": scores["accuracy"]}
+        for name in self.class_names:
+            metrics[f"val/iou_{name}"] = scores["iou"][name]
+            metrics[f"val/dice_{name}"] = scores["dice"][name]
+        # the confusion matrix is already reduced over processes: no sync needed
+        self.log_dict({k: float(np.nan_to_num(v)) for k, v in metrics.items()})
+        self.log("val/miou", float(np.nan_to_num(scores["miou"])), prog_bar=True)
+        self.last_val_scores = scores
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.hparams.optimizer is None:
+            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        else:
+            optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,62 @@
+"""Train a model: ``python train.py model=lrcsnet data=synthetic trainer=cpu logger=wandb``.
+
+The recipe: config → data → model → callbacks and loggers → Trainer.fit. The run directory
+(``hydra.run.dir``) receives ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+
+from src.config import CONFIG_DIR, setup_config_env
+
+log = logging.getLogger("train")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Every entry with a ``_target_`` in a config group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured model; return the final callback metrics (floats)."""
+    pl.seed_everything(cfg.seed, workers=True)
+    log.info("data: %s", cfg.data._target_)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # nothing would receive the learning rate
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        log.info("best checkpoint: %s (%s = %.4f)", best, cfg.optimized_metric,
+                 float(trainer.checkpoint_callback.best_model_score))
+        metrics[cfg.optimized_metric] = float(trainer.checkpoint_callback.best_model_score)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    value = metrics.get(cfg.optimized_metric)
+    return None if value is None or math.isnan(value) else value
+
+
+if __name__ == "__main__":
+    setup_config_env()
+    main()
