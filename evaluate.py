@@ -51,7 +51,7 @@ def resolve_device(name: str) -> str:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Predict every image, write segmentations (and metrics when labelled); return the metrics."""
-    module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model"))
+    module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
     class_names = list(module.class_names)
     pairs = pair_images_labels(cfg.images, cfg.labels)
     for image_path, label_path in pairs:  # check everything before writing anything

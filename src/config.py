@@ -16,3 +16,15 @@ def setup_config_env() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda x: len(x))
+
+
+def to_plain(value):
+    """OmegaConf containers → plain dicts/lists (resolved); other values unchanged.
+
+    Checkpoints then hold only plain Python objects, loadable with ``weights_only=True``.
+    """
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

@@ -44,11 +44,11 @@ def grey_from_labels(labels: np.ndarray, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """Folder with two 3D pairs ``vol{i}_image.tif``/``vol{i}_label.tif`` (24, 48, 48) and two
+    """Folder with two 3D pairs ``vol{i}_image.tif``/``vol{i}_label.tif`` (40, 48, 48) and two
     2D pairs ``{i}.tif``/``{i}_label.tif`` (40, 56)."""
     root = tmp_path_factory.mktemp("tiny")
     for i in range(2):
-        lab = blob_labels((24, 48, 48), seed=i)
+        lab = blob_labels((40, 48, 48), seed=i)
         write_tiff(root / "3d" / f"vol{i}_image.tif", grey_from_labels(lab, i))
         write_tiff(root / "3d" / f"vol{i}_label.tif", lab)
         lab2 = blob_labels((40, 56), seed=10 + i)
@@ -80,7 +80,7 @@ def tiny_train_overrides(data_dir: Path, out_dir: Path, model: str = "lrcsnet", 
         "data.samples_per_epoch=16",
         "data.batch_size=4",
         "data.val_max_tiles=8",
-        "data.val_fraction=0.34",
+        "data.val_fraction=0.2",
         "trainer.max_epochs=2",
         "trainer.max_time=null",
         "trainer.log_every_n_steps=1",

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from src.config import to_plain
 from src.data.datasets import EpochSampler, LabelledVolume, RandomPatchDataset, TilePatchDataset, split_region
 from src.data.sources import PathSpec, load_pair, pair_images_labels
 from src.data.transforms import normalize_percentile, training_augmentation
@@ -60,6 +61,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         size_multiple: int = 16,
     ) -> None:
         super().__init__()
+        images, labels, val_images, val_labels, class_names, patch_axes, normalize, augment = map(
+            to_plain, (images, labels, val_images, val_labels, class_names, patch_axes, normalize, augment)
+        )
         # stored in checkpoints, so evaluate.py normalises exactly as training did
         self.save_hyperparameters(ignore=["prepare"], logger=False)
         if spatial_dims not in (2, 3):

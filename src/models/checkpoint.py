@@ -41,7 +41,7 @@ def load_segmentation_checkpoint(
     target = hparams["net"].get("_target_", "?") if isinstance(hparams["net"], dict) else "?"
     if expected_model is not None and expected_model != name:
         raise CheckpointError(
-            f"checkpoint {path} holds model '{name}' ({target}), but model={expected_model} was asked"
+            f"checkpoint {path} holds model '{name}' ({target}), but model_name={expected_model} was asked"
         )
     try:
         module = SegmentationModule(**{k: v for k, v in hparams.items() if k in

@@ -9,16 +9,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.analysis.metrics import scores_from_confusion
-
-
-def _plain(cfg: Any) -> Any:
-    """DictConfig → plain dict (resolved), so checkpoints hold no OmegaConf objects."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+from src.config import to_plain
 
 
 def build_net(net: Mapping | nn.Module) -> nn.Module:
@@ -56,8 +51,8 @@ class SegmentationModule(pl.LightningModule):
         name: str = "model",
     ) -> None:
         super().__init__()
-        net, loss, optimizer, scheduler, inference = map(_plain, (net, loss, optimizer, scheduler, inference))
-        class_names = list(class_names)
+        net, loss, optimizer, scheduler, inference = map(to_plain, (net, loss, optimizer, scheduler, inference))
+        class_names = list(to_plain(class_names))
         self.save_hyperparameters(logger=False, ignore=["net"] if isinstance(net, nn.Module) else None)
         self.net = build_net(net)
         self.class_names = class_names
