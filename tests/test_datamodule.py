@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from src.data.datamodule import SegmentationDataModule
-from src.data.datasets import EpochSampler, LabelledVolume, RandomPatchDataset, TilePatchDataset, split_region
+from src.data.datasets import (
+    EpochSampler,
+    LabelledVolume,
+    RandomPatchDataset,
+    TilePatchDataset,
+    split_region,
+)
 from src.data.io import write_tiff
 from src.data.sources import pair_images_labels, pair_key
 from src.data.transforms import normalize_percentile, percentile_range, training_augmentation
@@ -53,7 +59,7 @@ def test_split_is_spatially_separate(tiny_data):
     dm = make_dm(tiny_data)
     for v in dm.train_set.volumes:
         assert v.region[0] == slice(0, 32)
-    for vi, idx in dm.val_set.items:
+    for _, idx in dm.val_set.items:
         z = idx[0]
         assert isinstance(z, int) and z >= 32  # 2D validation slices from the held-out z range
     # 2D images are split along x
