@@ -82,6 +82,15 @@ def test_disk_projection_is_chord_length() -> None:
     np.testing.assert_allclose(sino.sum(1), disk.sum(), rtol=1e-6)  # mass per angle
 
 
+def test_uncached_matches_cached() -> None:
+    theta = np.linspace(0, np.pi, 50, endpoint=False)
+    x = torch.rand(2, 30, 30, dtype=torch.float64)
+    cached = ParallelBeamProjector((30, 30), theta)
+    uncached = ParallelBeamProjector((30, 30), theta, cache=False)
+    torch.testing.assert_close(uncached(x), cached(x))
+    assert not uncached._mats and cached._mats
+
+
 def test_center_offset_shifts_projection() -> None:
     img = torch.zeros(1, 16, 16, dtype=torch.float64)
     img[0, 7:9, 7:9] = 1.0

@@ -10,6 +10,7 @@ Grey values are attenuation per voxel plus artefacts (float32).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,9 +31,9 @@ class ImagingConfig:
 
     n_angles: int = 181  # equally spaced over [0, pi)
     photons: float = 3000.0  # incident photons per detector pixel (Poisson)
-    attenuation: tuple[float, ...] = (0.02, 0.006, 0.0005)  # 1/voxel, per phase (NMC, CBD, pore)
+    attenuation: tuple[float, ...] = (0.02, 0.005, 0.0005)  # 1/voxel, per label (NMC, CBD, pore)
     detector_blur_px: float = 0.8  # Gaussian sigma on the detector
-    halo_strength: float = 0.5  # Zernike halo: p + s (p - G_sigma p)
+    halo_strength: float = 0.8  # Zernike halo: p + s (p - G_sigma p)
     halo_sigma_px: float = 3.0
     ring_strength: float = 0.01  # relative per-pixel detector gain error (std)
     filter_name: str = "shepp-logan"
@@ -63,6 +64,13 @@ def _sample(labels: np.ndarray, cfg: ImagingConfig, pad: int) -> np.ndarray:
     return mu * edge
 
 
+@functools.lru_cache(maxsize=1)
+def _projector(h: int, w: int, n_angles: int) -> ParallelBeamProjector:
+    """Projector for a padded slice; kept between calls so that several volumes share weights."""
+    theta = np.linspace(0.0, np.pi, n_angles, endpoint=False)
+    return ParallelBeamProjector((h, w), theta, n_det=w)
+
+
 def simulate_tomography(
     labels: np.ndarray, cfg: ImagingConfig, seed: int, progress: bool = False
 ) -> np.ndarray:
@@ -75,8 +83,7 @@ def simulate_tomography(
     pad = _pad_for_cylinder(ny, nx) if cfg.pad_px is None else int(cfg.pad_px)
     mu = _sample(labels, cfg, pad)
     h, w = mu.shape[1:]
-    theta = np.linspace(0.0, np.pi, cfg.n_angles, endpoint=False)
-    op = ParallelBeamProjector((h, w), theta, n_det=w)
+    op = _projector(h, w, cfg.n_angles)
     chunks = [slice(z, min(z + cfg.chunk_slices, nz)) for z in range(0, nz, cfg.chunk_slices)]
     bar = tqdm(total=2 * len(chunks), desc="simulate TXM", disable=not progress, leave=False)
     proj = np.empty((cfg.n_angles, nz, w), np.float32)  # tomopy order (angles, rows, cols)

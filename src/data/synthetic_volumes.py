@@ -24,7 +24,12 @@ import numpy as np
 
 from src.data.imaging import ImagingConfig, simulate_tomography
 from src.data.io import write_tiff
-from src.data.synthetic import PHASES, MicrostructureConfig, generate_microstructure, phase_fractions
+from src.data.synthetic import (
+    PHASES,
+    MicrostructureConfig,
+    generate_microstructure,
+    phase_fractions,
+)
 
 __all__ = ["make_synthetic_volume", "main"]
 

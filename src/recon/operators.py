@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -93,12 +93,14 @@ def _build_block(
 def _csr(row: Tensor, col: Tensor, val: Tensor, n_rows: int, n_cols: int) -> Tensor:
     """CSR matrix from duplicate-free COO triplets (sorted here by row, then column)."""
     order = torch.argsort(row * n_cols + col)
-    counts = torch.bincount(row, minlength=n_rows)
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=row.device)
-    torch.cumsum(counts, 0, out=crow[1:])
+    torch.cumsum(torch.bincount(row, minlength=n_rows), 0, out=crow[1:])
+    col = col[order]
+    if max(n_rows, n_cols, row.numel()) < 2**31 - 1:  # int32 indices: less memory, faster
+        crow, col = crow.int(), col.int()
     with warnings.catch_warnings():  # "sparse CSR support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col[order], val[order], (n_rows, n_cols),
+        return torch.sparse_csr_tensor(crow, col, val[order], (n_rows, n_cols),
                                        check_invariants=False)
 
 
@@ -136,9 +138,10 @@ class ParallelBeamProjector(torch.nn.Module):
         theta: projection angles, radians, shape ``(A,)``.
         n_det: detector columns (default ``W``).
         center: detector column of the rotation axis (default ``n_det / 2``, tomopy's).
-        cache: keep the sparse weights per ``(dtype, device)`` (memory ~ 24 bytes x 2.3 x
-            ``A * n_det * max(H, W)`` for float32); ``False`` rebuilds them chunk by chunk on
-            every call (slower, bounded memory for large geometries).
+        cache: keep the sparse weights per ``(dtype, device)`` (A and A^T in CSR, about
+            ``2 x 8 bytes x 2.3 A n_det max(H, W)`` in float32, e.g. 190 MB for 192^2 pixels and
+            181 angles); ``False`` rebuilds them chunk by chunk on every call (slower, memory
+            bounded by one chunk, for large geometries).
 
     ``forward(image (B, H, W)) -> (B, A, n_det)`` and ``adjoint(sino (B, A, n_det)) -> (B, H, W)``
     follow the input's dtype and device and are differentiable.
@@ -154,8 +157,10 @@ class ParallelBeamProjector(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
-        th = torch.as_tensor(np.asarray(theta, dtype=np.float64) if not isinstance(theta, Tensor)
-                             else theta.detach().cpu().double()).flatten()
+        if isinstance(theta, Tensor):
+            th = theta.detach().cpu().double().flatten()
+        else:
+            th = torch.from_numpy(np.asarray(theta, dtype=np.float64).ravel().copy())
         if th.numel() == 0:
             raise ValueError("theta must contain at least one angle")
         self.theta: Tensor = th
@@ -193,7 +198,9 @@ class ParallelBeamProjector(torch.nn.Module):
         return (_csr(ray, pix, val.to(dtype), n_rays, h * w),
                 _csr(pix, ray, val.to(dtype), h * w, n_rays))
 
-    def _blocks(self, dtype: torch.dtype, device: torch.device):
+    def _blocks(
+        self, dtype: torch.dtype, device: torch.device
+    ) -> Iterator[tuple[slice, Tensor, Tensor]]:
         """Yield ``(angle slice, A_k, A_k^T)``, from the cache when enabled."""
         key = (dtype, str(device))
         if key in self._mats:
