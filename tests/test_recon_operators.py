@@ -10,6 +10,7 @@ import torch
 
 from src.recon import (
     ParallelBeamProjector,
+    backproject,
     fbp,
     project,
     recon,
@@ -144,7 +145,9 @@ def test_recon_shape_and_errors() -> None:
     out = recon(tomo, theta)
     assert out.shape == (3, 20, 20) and out.dtype == np.float32
     with pytest.raises(ValueError, match="sirt"):
-        recon(tomo, theta, algorithm="sirt")
+        recon(tomo, theta, algorithm="art")
+    with pytest.raises(ValueError, match="astra"):
+        recon(tomo, theta, backend="odl")
     with pytest.raises(ValueError, match="filter"):
         recon(tomo, theta, filter_name="nope")
 
@@ -173,3 +176,38 @@ def test_project_numpy_shapes() -> None:
     assert project(obj, theta).shape == (7, 2, tomopy_detector_width(10, 12))
     assert project(obj, theta, pad=False).shape == (7, 2, 12)
     assert project(obj, theta, n_det=30, center=14.5).shape == (7, 2, 30)
+
+
+def test_backproject_is_adjoint_of_project() -> None:
+    rng = np.random.default_rng(1)
+    obj = rng.random((3, 14, 18))
+    theta = np.linspace(0, np.pi, 11, endpoint=False)
+    tomo = rng.random((11, 3, 24)).astype(np.float32)
+    fwd = project(obj, theta, n_det=24, center=11.5)
+    back = backproject(tomo, theta, center=11.5, shape=(14, 18))
+    assert back.shape == (3, 14, 18) and back.dtype == np.float32
+    lhs, rhs = float((fwd * tomo).sum()), float((obj * back).sum())
+    assert abs(lhs - rhs) < 1e-4 * abs(lhs)
+    assert backproject(tomo[:, 0], theta).shape == (24, 24)
+    with pytest.raises(ValueError, match="angles"):
+        backproject(tomo, theta[:-1])
+
+
+def test_cache_policy_bounds_memory() -> None:
+    op = ParallelBeamProjector((2048, 2048), np.linspace(0, np.pi, 1500))
+    assert op.cache_bytes() > 100 * 2**30  # huge geometries are rebuilt per chunk, not cached
+    small = ParallelBeamProjector((32, 32), np.linspace(0, np.pi, 30))
+    small(torch.zeros(1, 32, 32))
+    csr = small._mats[(torch.float32, "cpu")]
+    real = sum(m.values().numel() * 8 for _, f, a in csr for m in (f, a))
+    assert 0.3 < real / small.cache_bytes() < 1.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu() -> None:
+    op = ParallelBeamProjector((40, 36), np.linspace(0, np.pi, 33), n_det=45, center=21.2)
+    x = torch.rand(2, 40, 36, dtype=torch.float64)
+    y = op(x.cuda())
+    assert y.device.type == "cuda"
+    torch.testing.assert_close(y.cpu(), op(x))
+    torch.testing.assert_close(op.adjoint(y).cpu(), op.adjoint(op(x)))

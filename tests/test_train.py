@@ -104,3 +104,18 @@ def test_cli_with_wandb_offline_fallback(tiny_data, tmp_path):
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "none", "many"])
+def test_other_loggers(tiny_data, tmp_path, logger, monkeypatch):
+    import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = tiny_train_overrides(tiny_data, tmp_path, logger=logger) + ["trainer.max_epochs=1"]
+    metrics = train.train(compose("train", overrides))
+    assert "val/miou" in metrics
+    if logger in ("tensorboard", "many"):
+        assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    if logger == "many":
+        assert (tmp_path / "csv" / "metrics.csv").is_file()
+        assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -30,12 +30,12 @@ class ImagingConfig:
     """Acquisition and artefact parameters (pixel = voxel of the label grid)."""
 
     n_angles: int = 181  # equally spaced over [0, pi)
-    photons: float = 3000.0  # incident photons per detector pixel (Poisson)
+    photons: float = 10000.0  # incident photons per detector pixel in the flat field (Poisson)
     attenuation: tuple[float, ...] = (0.02, 0.005, 0.0005)  # 1/voxel, per label (NMC, CBD, pore)
     detector_blur_px: float = 0.8  # Gaussian sigma on the detector
     halo_strength: float = 0.8  # Zernike halo: p + s (p - G_sigma p)
     halo_sigma_px: float = 3.0
-    ring_strength: float = 0.01  # relative per-pixel detector gain error (std)
+    ring_strength: float = 0.005  # relative per-pixel detector gain error (std)
     filter_name: str = "shepp-logan"
     pad_px: int | None = None  # mirror padding in y/x; None: enough for the cylinder FOV
     chunk_slices: int = 32  # z slices per projector call

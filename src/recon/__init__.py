@@ -1,15 +1,43 @@
-"""Tomographic reconstruction: parallel-beam operators, FBP and tomopy-like helpers."""
+"""Tomographic reconstruction: parallel-beam operators, FBP, iterative solvers, preprocessing,
+rotation-centre finding and external backends (ASTRA, tomopy), with tomopy-like helpers."""
 
-from src.recon.fbp import FILTERS, fbp, filter_response, filter_sinogram, recon
-from src.recon.operators import ParallelBeamProjector, project, tomopy_detector_width
+from src.recon.centre import find_center, find_center_pc, find_center_vo
+from src.recon.fbp import (
+    ALGORITHMS,
+    BACKENDS,
+    FILTERS,
+    check_projections,
+    fbp,
+    filter_response,
+    filter_sinogram,
+    recon,
+)
+from src.recon.iterative import cgls, operator_norm, sirt, tv_pdhg
+from src.recon.operators import ParallelBeamProjector, backproject, project, tomopy_detector_width
+from src.recon.preprocessing import minus_log, normalize, remove_stripe_sorting, retrieve_phase
 
 __all__ = [
+    "ALGORITHMS",
+    "BACKENDS",
     "FILTERS",
     "ParallelBeamProjector",
+    "backproject",
+    "cgls",
+    "check_projections",
     "fbp",
     "filter_response",
     "filter_sinogram",
+    "find_center",
+    "find_center_pc",
+    "find_center_vo",
+    "minus_log",
+    "normalize",
+    "operator_norm",
     "project",
     "recon",
+    "remove_stripe_sorting",
+    "retrieve_phase",
+    "sirt",
     "tomopy_detector_width",
+    "tv_pdhg",
 ]

@@ -10,17 +10,20 @@ an image returns the image's values (attenuation per pixel).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from src.recon.operators import ParallelBeamProjector
+from src.recon.operators import CACHE_LIMIT_BYTES, ParallelBeamProjector
 
-__all__ = ["FILTERS", "fbp", "filter_response", "filter_sinogram", "recon"]
+__all__ = ["ALGORITHMS", "BACKENDS", "FILTERS", "check_projections", "fbp", "filter_response", "filter_sinogram", "recon"]
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
-ALGORITHMS = ("fbp",)
+ALGORITHMS = ("fbp", "sirt", "cgls", "tv")
+BACKENDS = ("torch", "astra", "tomopy")
+DEFAULT_NUM_ITER = {"sirt": 50, "cgls": 20, "tv": 200}
 
 
 def _padded_size(n_det: int, pad: bool) -> int:
@@ -77,30 +80,116 @@ def fbp(
     return projector.adjoint(filtered) * (np.pi / projector.n_angles)
 
 
+def check_projections(tomo: np.ndarray, theta: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Validate tomopy-ordered projections ``(angles, rows, cols)`` against ``theta``.
+
+    Accepts one sinogram ``(angles, cols)`` (returned as ``(angles, 1, cols)``). Raises
+    ``ValueError`` for a wrong rank, an angle count that does not match axis 0 (with a hint when
+    another axis matches, i.e. the stack looks transposed) and NaN/inf values.
+    """
+    tomo = np.asarray(tomo)
+    if tomo.ndim == 2:
+        tomo = tomo[:, None]
+    if tomo.ndim != 3:
+        raise ValueError(f"tomo must be (angles, rows, cols), got shape {tomo.shape}")
+    n_theta = int(np.size(theta))
+    if tomo.shape[0] != n_theta:
+        hint = ""
+        if n_theta in tomo.shape[1:]:
+            axis = 1 + tomo.shape[1:].index(n_theta)
+            hint = (f"; axis {axis} has {n_theta} entries: the stack looks transposed, tomopy "
+                    f"order is (angles, rows, cols), e.g. np.moveaxis(tomo, {axis}, 0)")
+        raise ValueError(f"theta has {n_theta} angles but tomo {tomo.shape} has {tomo.shape[0]} "
+                         f"along axis 0{hint}")
+    if not np.all(np.isfinite(tomo)):
+        bad = int(np.size(tomo) - np.count_nonzero(np.isfinite(tomo)))
+        raise ValueError(f"tomo has {bad} NaN/inf values: check flat/dark normalisation and "
+                         "use minus_log's clipping (src.recon.preprocessing)")
+    return tomo
+
+
+def _solve(
+    sino: Tensor, op: ParallelBeamProjector, algorithm: str, num_iter: int, filter_name: str,
+    kwargs: dict[str, Any],
+) -> Tensor:
+    from src.recon import iterative
+
+    if algorithm == "fbp":
+        return fbp(sino, op, filter_name, pad=kwargs.get("pad", True))
+    if algorithm == "sirt":
+        return iterative.sirt(sino, op, num_iter, **kwargs)
+    if algorithm == "cgls":
+        return iterative.cgls(sino, op, num_iter, **kwargs)
+    return iterative.tv_pdhg(sino, op, n_iter=num_iter, **kwargs)
+
+
 def recon(
     tomo: np.ndarray,
     theta: Sequence[float] | np.ndarray,
-    center: float | None = None,
+    center: float | Sequence[float] | np.ndarray | None = None,
     algorithm: str = "fbp",
+    backend: str = "torch",
+    num_iter: int | None = None,
     filter_name: str = "ramp",
     chunk: int = 32,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
 ) -> np.ndarray:
     """tomopy-like reconstruction of projections ``(angles, rows, cols)`` -> ``(rows, cols, cols)``.
 
-    ``center`` is the detector column of the rotation axis (default ``cols / 2``). float32 output.
+    Args:
+        tomo: tomopy-ordered projections (line integrals, i.e. after ``-log``); one sinogram
+            ``(angles, cols)`` gives ``(1, cols, cols)``.
+        theta: angles, radians, covering ``[0, pi)`` for FBP.
+        center: detector column of the rotation axis (default ``cols / 2``), one value or one
+            per row.
+        algorithm: one of :data:`ALGORITHMS` (``"tv"`` is :func:`~src.recon.iterative.tv_pdhg`).
+        backend: ``"torch"`` (ours), ``"astra"`` (ASTRA 2D CPU: fbp/sirt/cgls) or ``"tomopy"``
+            (if importable).
+        num_iter: iterations of the iterative algorithms (default :data:`DEFAULT_NUM_ITER`).
+        filter_name: FBP filter, one of :data:`FILTERS`.
+        chunk: slices per batch (torch backend).
+        device: torch device (torch backend), e.g. ``"cuda"``.
+        **kwargs: passed to the solver (``nonneg``, ``relaxation``, ``lam``, ``pad``...).
+
+    Returns:
+        float32 ``(rows, cols, cols)``, attenuation per pixel.
     """
+    algorithm = algorithm.lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; available: {ALGORITHMS}")
-    tomo = np.asarray(tomo)
-    if tomo.ndim != 3:
-        raise ValueError(f"tomo must be (angles, rows, cols), got shape {tomo.shape}")
+    if filter_name not in FILTERS:
+        raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
+    tomo = check_projections(tomo, theta)
     n_angles, rows, cols = tomo.shape
-    if len(np.ravel(theta)) != n_angles:
-        raise ValueError(f"theta has {len(np.ravel(theta))} angles, tomo has {n_angles}")
-    op = ParallelBeamProjector((cols, cols), theta, n_det=cols, center=center)
+    n_iter = num_iter if num_iter is not None else DEFAULT_NUM_ITER.get(algorithm, 1)
+    centers = np.broadcast_to(
+        np.asarray(cols / 2.0 if center is None else center, dtype=np.float64), (rows,))
+    if backend != "torch":
+        from src.recon import backends
+
+        out = np.empty((rows, cols, cols), dtype=np.float32)
+        for c in np.unique(centers):
+            idx = np.flatnonzero(centers == c)
+            if backend == "astra":
+                out[idx] = backends.astra_recon(tomo[:, idx], theta, float(c), algorithm,
+                                                num_iter, filter_name, **kwargs)
+            else:
+                out[idx] = backends.tomopy_recon(tomo[:, idx], theta, float(c), algorithm,
+                                                 num_iter, filter_name, **kwargs)
+        return out
     out = np.empty((rows, cols, cols), dtype=np.float32)
     with torch.no_grad():
-        for z in range(0, rows, chunk):
-            sino = np.ascontiguousarray(tomo[:, z:z + chunk].transpose(1, 0, 2), dtype=np.float32)
-            out[z:z + chunk] = fbp(torch.from_numpy(sino), op, filter_name).numpy()
+        for c in np.unique(centers):
+            idx = np.flatnonzero(centers == c)
+            op = ParallelBeamProjector((cols, cols), theta, n_det=cols, center=float(c))
+            op.cache = op.cache_bytes() <= CACHE_LIMIT_BYTES
+            for z in range(0, idx.size, chunk):
+                sel = idx[z:z + chunk]
+                sino = np.ascontiguousarray(tomo[:, sel].transpose(1, 0, 2), dtype=np.float32)
+                x = _solve(torch.from_numpy(sino).to(device), op, algorithm, n_iter,
+                           filter_name, kwargs)
+                out[sel] = x.cpu().numpy()
     return out

@@ -1,0 +1,285 @@
+"""3D morphology of a segmented electrode: all statistics per phase, in physical units.
+
+``labels`` is a (z, y, x) integer volume, value ``i`` = phase ``class_names[i]`` (e.g.
+``["NMC", "CBD", "pore"]``), voxels cubic with edge ``voxel_size_nm``. :func:`compute_statistics`
+returns a nested dict (lengths µm, areas µm², specific areas µm⁻¹, fractions 0..1) with the
+wall time of each statistic; :mod:`src.analysis.statistics_table` flattens it to
+``<statistic>/<phase>`` columns. Building blocks: :mod:`~src.analysis.surfaces` (marching cubes,
+interfaces), :mod:`~src.analysis.particles` (watershed, sizes, sphericity, cracks),
+:mod:`~src.analysis.transport` (percolation, taufactor), porespy (local thickness).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
+from src.analysis.surfaces import SURFACE_SIGMA, phase_surface
+from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_factor
+
+__all__ = ["check_labels", "check_voxel_size", "compute_statistics", "local_thickness",
+           "particle_statistics", "remap_labels", "surface_statistics", "volume_fractions"]
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def check_voxel_size(voxel_size_nm: float | Sequence[float]) -> float:
+    """Voxel edge in nm as a positive float; three equal values are accepted, unequal ones not."""
+    values = np.atleast_1d(np.asarray(voxel_size_nm, dtype=float))
+    if values.size not in (1, 3) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"voxel_size_nm must be one positive number (nm), got {voxel_size_nm!r}")
+    if values.size == 3 and not np.allclose(values, values[0], rtol=1e-6):
+        raise ValueError(
+            f"anisotropic voxel size {tuple(values)} nm (z, y, x): the statistics need cubic "
+            "voxels; resample the volume to an isotropic grid first")
+    return float(values[0])
+
+
+def remap_labels(volume: np.ndarray, label_values: Sequence[int], source: str = "volume") -> np.ndarray:
+    """Map stored values ``label_values[i]`` → index ``i`` (uint8), e.g. 0/85/170 → 0/1/2.
+
+    Raises ValueError naming ``source`` and the unexpected values when others occur.
+    """
+    volume = np.asarray(volume)
+    if not (np.issubdtype(volume.dtype, np.integer) or volume.dtype == bool):
+        raise ValueError(f"{source}: labels must be integers, got dtype {volume.dtype}")
+    values = np.asarray(label_values, dtype=np.int64)
+    if len(set(values.tolist())) != values.size:
+        raise ValueError(f"label_values must be distinct, got {list(label_values)}")
+    present = np.unique(volume)
+    unknown = np.setdiff1d(present, values)
+    if unknown.size:
+        raise ValueError(f"{source}: label values {unknown[:10].tolist()} are not in "
+                         f"label_values {values.tolist()}")
+    order = np.argsort(values)
+    return order[np.searchsorted(values[order], volume)].astype(np.uint8)
+
+
+def check_labels(labels: np.ndarray, class_names: Sequence[str], source: str = "labels") -> np.ndarray:
+    """Validate a (z, y, x) label volume with values in [0, len(class_names)); return it as uint8."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"{source}: expected a 3D (z, y, x) label volume, got shape {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"{source}: labels must be integers, got dtype {labels.dtype} "
+                         "(a grey-value image? segment it first)")
+    n = len(class_names)
+    if not 1 <= n <= 255 or len(set(class_names)) != n:
+        raise ValueError(f"class_names must be 1..255 distinct names, got {list(class_names)}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= n:
+        bad = np.unique(labels[(labels < 0) | (labels >= n)])[:10].tolist()
+        raise ValueError(f"{source}: label values {bad} outside 0..{n - 1} for class_names "
+                         f"{list(class_names)}; pass label_values to map stored values to phases")
+    return labels.astype(np.uint8, copy=False)
+
+
+def volume_fractions(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Exact volume fraction per phase: voxel count / total voxels."""
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))
+    return {name: float(counts[i] / labels.size) for i, name in enumerate(class_names)}
+
+
+def surface_statistics(
+    labels: np.ndarray, class_names: Sequence[str], voxel_um: float, sigma: float = SURFACE_SIGMA
+) -> dict[str, Any]:
+    """Surface area, specific surface area and pairwise interface areas (marching cubes).
+
+    Returns ``surface_area_um2[p]``, ``specific_surface_area_um-1[p]`` (area / total volume),
+    ``surface_to_volume_um-1[p]`` (area / phase volume; 3/r for a sphere),
+    ``interface_area_um2["A-B"]`` (mean of the A- and B-side estimates) and
+    ``surface_fraction[p][q]``: share of p's surface facing q (sums to ≈ 1 over q ≠ p; the
+    remainder is unassigned mesh).
+    """
+    n = len(class_names)
+    surfaces = [phase_surface(labels, i, n, sigma) for i in range(n)]
+    total_um3 = labels.size * voxel_um**3
+    counts = np.bincount(labels.ravel(), minlength=n)
+    area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
+    out: dict[str, Any] = {
+        "surface_area_um2": area,
+        "specific_surface_area_um-1": {k: v / total_um3 for k, v in area.items()},
+        "surface_to_volume_um-1": {
+            name: (area[name] / (counts[i] * voxel_um**3) if counts[i] else math.nan)
+            for i, name in enumerate(class_names)},
+        "interface_area_um2": {
+            f"{class_names[i]}-{class_names[j]}":
+                float(0.5 * (surfaces[i].to_phase[j] + surfaces[j].to_phase[i])) * voxel_um**2
+            for i in range(n) for j in range(i + 1, n)},
+        "surface_fraction": {
+            class_names[i]: {class_names[j]: (float(surfaces[i].to_phase[j] / surfaces[i].area)
+                                              if surfaces[i].area else math.nan)
+                             for j in range(n) if j != i}
+            for i in range(n)},
+    }
+    return out
+
+
+def particle_statistics(
+    mask: np.ndarray,
+    voxel_um: float,
+    *,
+    closing_radius: int = 1,
+    sigma: float = 0.0,
+    min_distance: int = 3,
+    h: float = 1.0,
+    surface_sigma: float = SURFACE_SIGMA,
+    exclude_border: bool = True,
+    min_voxels: int = 27,
+) -> dict[str, Any]:
+    """Separate and measure the particles of one phase (bool mask, z, y, x).
+
+    Size = equivalent-sphere diameter of the particle hull, (6V/π)^⅓ in µm; ``d10/d50/d90_um``
+    are volume-weighted (share of particle volume in smaller particles), ``*_number_um``
+    number-weighted. Distributions use particles of ≥ ``min_voxels`` voxels and, with
+    ``exclude_border``, not touching the volume faces. Crack porosity = non-phase voxels in the
+    hull / hull voxels (hull: closing with a ball of ``closing_radius`` + ``binary_fill_holes``);
+    ``crack_porosity`` overall = Σ enclosed pore / Σ hull over all particles.
+    """
+    regions, _ = separate_particles(mask, closing_radius=closing_radius, sigma=sigma,
+                                    min_distance=min_distance, h=h)
+    table = measure_particles(regions, mask, surface_sigma=surface_sigma)
+    diameter_um = (6.0 * table.hull_voxels / np.pi) ** (1 / 3) * voxel_um
+    used = table.hull_voxels >= min_voxels
+    if exclude_border:
+        used &= ~table.touches_border
+    d, w = diameter_um[used], table.hull_voxels[used].astype(float)
+    q = np.asarray(QUANTILES)
+    vol_q = weighted_quantiles(d, w, q)
+    num_q = np.quantile(d, q) if d.size else np.full(q.size, np.nan)
+    hull_total = table.hull_voxels.sum()
+    out: dict[str, Any] = {
+        "particle_count": int(used.sum()),
+        "particle_count_all": int(regions.max()),
+        "particle_count_border": int(table.touches_border.sum()),
+        "mean_diameter_um": float(d.mean()) if d.size else math.nan,
+        "mean_sphericity": float(np.nanmean(table.sphericity[used])) if used.any() else math.nan,
+        "crack_porosity": float(1 - table.solid_voxels.sum() / hull_total) if hull_total else math.nan,
+        "particles": {
+            "diameter_um": diameter_um.tolist(),
+            "volume_um3": (table.hull_voxels * voxel_um**3).tolist(),
+            "sphericity": table.sphericity.tolist(),
+            "crack_porosity": table.crack_porosity.tolist(),
+            "touches_border": table.touches_border.tolist(),
+            "used_in_distribution": used.tolist(),
+            "centroid_um": (table.centroid * voxel_um).tolist(),
+        },
+    }
+    for qi, vq, nq in zip(QUANTILES, vol_q, num_q, strict=True):
+        out[f"d{round(qi * 100)}_um"] = float(vq)
+        out[f"d{round(qi * 100)}_number_um"] = float(nq)
+    return out
+
+
+def local_thickness(mask: np.ndarray, voxel_um: float, bins: int = 20) -> dict[str, Any]:
+    """Local thickness of a phase (porespy ``local_thickness``, method ``"dt"``).
+
+    Thickness = diameter of the largest ball containing the voxel and fitting in the phase
+    (2 × porespy's radius), in µm. ``mean_um`` and ``d50_um`` are over the phase's voxels
+    (volume-weighted); the histogram gives the volume fraction of the phase per bin.
+    """
+    import porespy
+
+    if not mask.any():
+        return {"mean_um": math.nan, "d50_um": math.nan, "hist_edges_um": [], "hist_fraction": []}
+    radius = porespy.filters.local_thickness(mask, method="dt")
+    values = 2.0 * radius[mask].astype(np.float64) * voxel_um
+    hist, edges = np.histogram(values, bins=bins)
+    return {
+        "mean_um": float(values.mean()),
+        "d50_um": float(np.median(values)),
+        "hist_edges_um": edges.tolist(),
+        "hist_fraction": (hist / values.size).tolist(),
+    }
+
+
+def _phase_index(class_names: Sequence[str], name: str, what: str) -> int:
+    if name not in class_names:
+        raise ValueError(f"{what}={name!r} is not one of class_names {list(class_names)}")
+    return list(class_names).index(name)
+
+
+def compute_statistics(
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    voxel_size_nm: float | Sequence[float],
+    *,
+    particle_phase: str | None = "NMC",
+    tortuosity: bool = True,
+    axes: Sequence[int] = (0, 1, 2),
+    device: str = "cpu",
+    tortuosity_phases: Sequence[str] | None = None,
+    tortuosity_conv_crit: float = 1e-2,
+    tortuosity_iter_limit: int = 10000,
+    surface_sigma: float = SURFACE_SIGMA,
+    particles: Mapping[str, Any] | None = None,
+    thickness_phases: Sequence[str] | str | None = ("pore",),
+    thickness_bins: int = 20,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """All statistics of a label volume (z, y, x), values ``i`` = ``class_names[i]``.
+
+    ``particles``: keyword arguments of :func:`particle_statistics` (``closing_radius``,
+    ``sigma``, ``min_distance``, ``h``, ``exclude_border``, ``min_voxels``); ``particle_phase``
+    None skips separation. ``tortuosity_phases`` None = every phase. ``thickness_phases``:
+    phases for local thickness (None/empty skips). Returns a dict with ``volume_fraction``,
+    ``surfaces``, ``particles``, ``connectivity`` (percolating fraction per phase and axis),
+    ``tortuosity`` (per phase and axis), ``local_thickness`` and ``timings_s``.
+    """
+    class_names = list(class_names)
+    labels = check_labels(labels, class_names)
+    voxel_nm = check_voxel_size(voxel_size_nm)
+    voxel_um = voxel_nm * 1e-3
+    axes = tuple(int(a) for a in axes)
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"axes must be a non-empty subset of (0, 1, 2) (z, y, x), got {axes}")
+    if isinstance(thickness_phases, str):
+        thickness_phases = [thickness_phases]
+    thickness_phases = list(thickness_phases or [])
+    for name in thickness_phases:
+        _phase_index(class_names, name, "thickness_phases")
+    if particle_phase is not None:
+        _phase_index(class_names, particle_phase, "particle_phase")
+    tort_phases = list(class_names) if tortuosity_phases is None else list(tortuosity_phases)
+    for name in tort_phases:
+        _phase_index(class_names, name, "tortuosity_phases")
+
+    timings: dict[str, float] = {}
+    stats: dict[str, Any] = {"shape": list(labels.shape), "voxel_size_nm": voxel_nm,
+                             "class_names": list(class_names)}
+
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        if progress:
+            progress(key)
+        start = time.perf_counter()
+        result = fn()
+        timings[key] = time.perf_counter() - start
+        return result
+
+    stats["volume_fraction"] = timed("volume_fraction", lambda: volume_fractions(labels, class_names))
+    stats["surfaces"] = timed("surfaces", lambda: surface_statistics(labels, class_names, voxel_um,
+                                                                     surface_sigma))
+    if particle_phase is not None:
+        mask = labels == _phase_index(class_names, particle_phase, "particle_phase")
+        kwargs = {"surface_sigma": surface_sigma, **dict(particles or {})}
+        stats["particles"] = {particle_phase: timed(
+            "particles", lambda: particle_statistics(mask, voxel_um, **kwargs))}
+    stats["connectivity"] = timed("connectivity", lambda: {
+        name: percolating_fraction(labels == i, axes) for i, name in enumerate(class_names)})
+    if thickness_phases:
+        stats["local_thickness"] = timed("local_thickness", lambda: {
+            name: local_thickness(labels == class_names.index(name), voxel_um, thickness_bins)
+            for name in thickness_phases})
+    if tortuosity:
+        stats["tortuosity"] = timed("tortuosity", lambda: {
+            name: {AXIS_NAMES[a]: tortuosity_factor(
+                labels == class_names.index(name), a, device=device,
+                conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit) for a in axes}
+            for name in tort_phases})
+    stats["timings_s"] = timings
+    return stats
