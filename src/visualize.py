@@ -55,7 +55,8 @@ def save_panel_png(
 
     n = len(images)
     cols = 3 if any(t is not None for t in truths) else 2
-    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.2 * n + 0.6), squeeze=False)
+    height = 3.2 * n + 0.5 + (0.5 if title else 0.0)
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, height), squeeze=False)
     for r, (img, tru, prd) in enumerate(zip(images, truths, preds, strict=True)):
         tiles = [("grey", grey_to_rgb(img))]
         if cols == 3:
@@ -70,7 +71,7 @@ def save_panel_png(
     fig.legend(handles=handles, loc="lower center", ncol=len(class_names), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.45 / height if title else 0.0)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
