@@ -34,7 +34,7 @@ log = logging.getLogger("analyze")
 
 def load_labels(path: Path, class_names: list[str], label_values: list[int] | None) -> np.ndarray:
     """Read a (z, y, x) label volume and return phase indices (uint8); errors name the file."""
-    volume = np.asarray(read_image(path, mmap=False))
+    volume = read_image(path)  # memory-mapped where the format allows
     if volume.ndim != 3:
         raise ValueError(f"{path}: expected a 3D (z, y, x) label volume, got shape {volume.shape}")
     if label_values is not None:
