@@ -177,7 +177,7 @@ def particle_statistics(
 
 
 def local_thickness(mask: np.ndarray, voxel_um: float, bins: int = 20) -> dict[str, Any]:
-    """Local thickness of a phase (porespy ``local_thickness``, method ``"dt"``).
+    """Local thickness of a phase (porespy ``local_thickness``, its default brute-force method ``"bf"``).
 
     Thickness = diameter of the largest ball containing the voxel and fitting in the phase
     (2 × porespy's radius), in µm. ``mean_um`` and ``d50_um`` are over the phase's voxels
@@ -187,7 +187,7 @@ def local_thickness(mask: np.ndarray, voxel_um: float, bins: int = 20) -> dict[s
 
     if not mask.any():
         return {"mean_um": math.nan, "d50_um": math.nan, "hist_edges_um": [], "hist_fraction": []}
-    radius = porespy.filters.local_thickness(mask, method="dt")
+    radius = porespy.filters.local_thickness(mask, method="bf")
     values = 2.0 * radius[mask].astype(np.float64) * voxel_um
     hist, edges = np.histogram(values, bins=bins)
     return {

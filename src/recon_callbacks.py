@@ -1,0 +1,125 @@
+"""Lightning callbacks of the learned reconstruction models (image panels)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+__all__ = ["ReconstructionPanelLogger", "recon_panel_rgb", "save_recon_panel_png"]
+
+COLUMNS = ("ground truth", "FBP", "learned", "|learned - truth|")
+
+
+def _grey(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    g = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def recon_panel_rgb(truth: np.ndarray, fbp: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarray:
+    """``(H, W)`` truth, FBP, learned and error (x2 gain) side by side -> ``(H, 4 W + gaps, 3)`` uint8.
+
+    The three images share the grey scale of the truth (its min..max)."""
+    lo, hi = float(truth.min()), float(truth.max())
+    err = np.abs(recon - truth)
+    tiles = [_grey(truth, lo, hi), _grey(fbp, lo, hi), _grey(recon, lo, hi),
+             _grey(2.0 * err, 0.0, hi - lo)]
+    spacer = np.full((truth.shape[0], gap, 3), 255, np.uint8)
+    out = [tiles[0]]
+    for t in tiles[1:]:
+        out += [spacer, t]
+    return np.concatenate(out, axis=1)
+
+
+def save_recon_panel_png(
+    path: str | Path, truths: Sequence[np.ndarray], fbps: Sequence[np.ndarray],
+    recons: Sequence[np.ndarray], title: str | None = None,
+) -> Path:
+    """Rows of (truth, FBP, learned, error) with per-image PSNR in the titles, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(truths)
+    fig, axes = plt.subplots(n, 4, figsize=(12.0, 3.0 * n + (0.5 if title else 0.0)), squeeze=False)
+    for r, (tru, fb, rec) in enumerate(zip(truths, fbps, recons, strict=True)):
+        lo, hi = float(tru.min()), float(tru.max())
+        rng = max(hi - lo, 1e-12)
+        for c, (name, img) in enumerate(zip(COLUMNS, (tru, fb, rec, np.abs(rec - tru)), strict=True)):
+            ax = axes[r, c]
+            if c == 3:
+                ax.imshow(img, cmap="magma", vmin=0.0, vmax=0.5 * rng, interpolation="nearest")
+            else:
+                ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            if c in (1, 2):
+                psnr = 10 * np.log10(rng**2 / max(float(np.mean((img - tru) ** 2)), 1e-20))
+                name = f"{name}: {psnr:.1f} dB"
+            ax.set_title(name, fontsize=9)
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+class ReconstructionPanelLogger(pl.Callback):
+    """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch,
+    sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
+
+    Expects the validation step to return ``{"recon", "fbp"}`` and batches with ``"image"``.
+
+    Args:
+        n_samples: rows of the panel.
+        every_n_epochs: log every n-th validation epoch.
+    """
+
+    def __init__(self, n_samples: int = 4, every_n_epochs: int = 1) -> None:
+        self.n_samples = n_samples
+        self.every_n_epochs = every_n_epochs
+        self._batch: tuple | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and isinstance(outputs, dict) and "recon" in outputs:
+            n = self.n_samples
+            self._batch = (batch["image"][:n, 0], outputs["fbp"][:n, 0], outputs["recon"][:n, 0])
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._batch is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        truths, fbps, recons = (list(t.detach().float().cpu().numpy()) for t in self._batch)
+        self._batch = None
+        epoch = trainer.current_epoch
+        save_recon_panel_png(Path(trainer.default_root_dir) / "panels" / f"val_epoch{epoch:03d}.png",
+                             truths, fbps, recons, title=f"validation, epoch {epoch}")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.experiment.log({
+                    "val/panel": [wandb.Image(recon_panel_rgb(t, f, r), caption=" | ".join(COLUMNS))
+                                  for t, f, r in zip(truths, fbps, recons, strict=True)],
+                    "trainer/global_step": trainer.global_step,
+                })
+            elif isinstance(logger, TensorBoardLogger):
+                for i, (t, f, r) in enumerate(zip(truths, fbps, recons, strict=True)):
+                    logger.experiment.add_image(f"val/panel_{i}", recon_panel_rgb(t, f, r), epoch,
+                                                dataformats="HWC")
