@@ -1,8 +1,9 @@
 """Apply a checkpoint to whole images and score it:
 ``python evaluate.py ckpt_path=CKPT images=PATH_OR_GLOB [labels=PATH_OR_GLOB] output_dir=DIR``.
 
-Writes ``<name>_seg.tif`` per image and, with labels, ``metrics.json`` (overall and per image:
-accuracy, miou, iou and dice per phase, confusion matrix) and prints the table. Every input is
+Writes ``<name>_seg.tif`` per image; with labels, ``metrics.json`` (overall and per image:
+accuracy, miou, iou and dice per phase, confusion matrix) and prints the table; with
+``stats=true`` the 3D statistics of every predicted volume (``stats.csv``, ``stats.json``). Every input is
 read and checked before anything is written.
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.analysis.metrics import confusion_matrix, format_table, scores_from_confusion
+from src.analysis.morphology import compute_statistics
+from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
 from src.data.io import write_tiff
 from src.data.sources import load_pair, pair_images_labels, pair_key
@@ -43,6 +46,21 @@ def write_json(path: Path, data: dict) -> None:
             os.remove(tmp)
 
 
+def stats_voxel_size(image_path: Path, ndim: int, voxel_size_nm: float | None) -> float:
+    """Voxel size for the statistics of ``image_path``: the configured one, else the
+    ``voxel_size_nm`` of a ``<name>.json`` sidecar (as the synthetic volumes have)."""
+    if ndim != 3:
+        raise ValueError(f"stats=true needs 3D (z, y, x) volumes, but {image_path} is {ndim}D")
+    if voxel_size_nm is not None:
+        return float(voxel_size_nm)
+    sidecar = image_path.with_name(pair_key(image_path) + ".json")
+    if sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        if "voxel_size_nm" in meta:
+            return float(meta["voxel_size_nm"])
+    raise ValueError(f"stats=true needs voxel_size_nm=... (nm) for {image_path}: none given and no {sidecar.name} sidecar")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,8 +72,11 @@ def evaluate(cfg: DictConfig) -> dict:
     module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
     class_names = list(module.class_names)
     pairs = pair_images_labels(cfg.images, cfg.labels)
+    voxel_sizes = {}
     for image_path, label_path in pairs:  # check everything before writing anything
-        load_pair(image_path, label_path, len(class_names))
+        image, _ = load_pair(image_path, label_path, len(class_names))
+        if cfg.stats:
+            voxel_sizes[pair_key(Path(image_path))] = stats_voxel_size(Path(image_path), image.ndim, cfg.voxel_size_nm)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -67,8 +88,10 @@ def evaluate(cfg: DictConfig) -> dict:
         sw_batch_size=cfg.sw_batch_size or inference.get("sw_batch_size", 8),
         mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=resolve_device(cfg.device),
     )
+    stats_options = OmegaConf.to_container(cfg.statistics, resolve=True)
     norm = data_hparams.get("normalize") or {"lower": 0.5, "upper": 99.5}
     per_image: dict[str, dict] = {}
+    statistics: dict[str, dict] = {}
     total_cm = np.zeros((len(class_names),) * 2, np.int64)
     for image_path, label_path in pairs:
         name = pair_key(Path(image_path))
@@ -88,10 +111,16 @@ def evaluate(cfg: DictConfig) -> dict:
                 out_dir / f"{name}_panel.png", [mid(np.asarray(image))], [None if label is None else mid(label)],
                 [mid(seg)], class_names, title=f"{name} ({module.hparams.get('name', 'model')})",
             )
+        if cfg.stats:
+            log.info("3D statistics of %s", name)
+            statistics[name] = compute_statistics(seg, class_names, voxel_sizes[name], **stats_options)
         if label is not None:
             cm = confusion_matrix(seg, label, len(class_names))
             total_cm += cm
             per_image[name] = scores_from_confusion(cm, class_names)
+    if statistics:
+        voxel = sorted(set(voxel_sizes.values()))
+        write_statistics(out_dir, statistics, class_names, voxel[0] if len(voxel) == 1 else float("nan"), stats_options)
     if not per_image:
         log.info("no labels given: wrote segmentations to %s", out_dir)
         return {}

@@ -15,8 +15,8 @@ from src.data.io import ImageReadError, write_tiff
 from tests.conftest import blob_labels, compose
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["stats.axes=[0]", "stats.tortuosity_phases=[pore]", "stats.particles.min_voxels=1",
-        "stats.particles.exclude_border=false"]
+FAST = ["statistics.axes=[0]", "statistics.tortuosity_phases=[pore]", "statistics.particles.min_voxels=1",
+        "statistics.particles.exclude_border=false"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_analyze_in_process(volumes, tmp_path):
                               f"output_dir={out}", *FAST])
     results = analyze.analyze(cfg)
     assert set(results) == {"vol0", "vol1"}
-    with open(out / "stats.csv") as f:
+    with open(out / "statistics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["volume"] for r in rows] == ["vol0", "vol1"]
     expected = (blob_labels((24, 28, 32), seed=20) == 0).mean()
@@ -48,21 +48,21 @@ def test_analyze_in_process(volumes, tmp_path):
     unit_table = json.loads((out / "units.json").read_text(encoding="utf-8"))["columns"]
     assert set(unit_table) == set(rows[0]) - {"volume"}
     assert unit_table["interface_area_um2/NMC-pore"]["unit"] == "µm²"
-    saved = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    saved = json.loads((out / "statistics.json").read_text(encoding="utf-8"))
     assert saved["volumes"]["vol1"]["class_names"] == ["NMC", "CBD", "pore"]
     assert "diameter_um" in saved["volumes"]["vol0"]["particles"]["NMC"]["particles"]
-    assert (out / "stats.png").stat().st_size > 1000
+    assert (out / "statistics.png").stat().st_size > 1000
     assert not list(out.glob(".*.tmp*"))
 
 
 def test_analyze_cli(volumes, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "analyze.py", f"volumes={volumes}/vol0.tif", "voxel_size_nm=40",
-           "label_values=[85,170,0]", f"output_dir={out}", "stats.tortuosity=false",
-           "stats.thickness_phases=[]", "figure=false"]
+           "label_values=[85,170,0]", f"output_dir={out}", "statistics.tortuosity=false",
+           "statistics.thickness_phases=[]", "figure=false"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    header = (out / "stats.csv").read_text().splitlines()[0].split(",")
+    header = (out / "statistics.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "volume" and "volume_fraction/pore" in header
     assert not any(h.startswith("tortuosity_factor") for h in header)
 

@@ -191,3 +191,24 @@ def test_unpairable_images_and_labels(checkpoint, tiny_data, tmp_path, sentinel)
 
     with pytest.raises(ValueError, match="cannot pair 2 images with 1 labels"):
         evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/2d", f"{tiny_data}/3d/vol0_label.tif", sentinel))
+
+
+def test_evaluate_with_3d_statistics(checkpoint, tiny_data, tmp_path):
+    import csv
+
+    import evaluate
+
+    fast = ["stats=true", "statistics.tortuosity=false", "statistics.axes=[0]", "statistics.thickness_phases=[]",
+            "statistics.particles.min_voxels=1"]
+    evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/3d/vol0_image.tif", None, tmp_path, "voxel_size_nm=40", *fast))
+    rows = list(csv.DictReader((tmp_path / "stats.csv").open()))
+    assert [r["volume"] for r in rows] == ["vol0"]
+    seg = tifffile.imread(tmp_path / "vol0_seg.tif")
+    assert float(rows[0]["volume_fraction/NMC"]) == pytest.approx(np.mean(seg == 0))
+    units = json.loads((tmp_path / "units.json").read_text())
+    assert units["voxel_size_nm"] == 40.0
+    assert (tmp_path / "stats.json").is_file()
+    with pytest.raises(ValueError, match="stats=true needs voxel_size_nm"):
+        evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/3d/vol0_image.tif", None, tmp_path / "b", *fast))
+    with pytest.raises(ValueError, match="stats=true needs 3D"):
+        evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/2d/0.tif", None, tmp_path / "c", "voxel_size_nm=40", *fast))

@@ -2,8 +2,8 @@
 
 Registration: :func:`estimate_shift` runs :func:`skimage.registration.phase_cross_correlation`
 on a phase indicator of two (z, y, x) label volumes; the returned shift (voxels, z, y, x) is the
-one to apply to ``moving`` to align it with ``reference`` (``moving(x) ≈ reference(x + shift)``
-… i.e. a feature at ``p`` in the reference sits at ``p - shift`` in ``moving``).
+one to apply to ``moving`` to align it with ``reference``: ``moving(x) ≈ reference(x + shift)``,
+a feature at ``p`` in the reference sits at ``p - shift`` in ``moving``.
 :func:`register_series` chains or anchors these shifts over a series and
 :func:`common_crop` gives each volume's slice of the region seen in all of them, so that the
 aligned volumes are plain crops (integer shifts; labels are never interpolated).

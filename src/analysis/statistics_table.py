@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic",
            "write_json_atomic", "write_text_atomic"]
 
@@ -146,3 +148,61 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, A
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
     return columns
+
+
+def save_statistics_figure(path: Path, results: dict[str, dict[str, Any]], class_names: list[str]) -> None:
+    """Bar chart of volume fractions per volume and the particle size distributions (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_vf, ax_psd) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(results)
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(class_names))
+    for k, name in enumerate(names):
+        vf = results[name]["volume_fraction"]
+        ax_vf.bar(x + k * width, [vf[c] for c in class_names], width, label=name)
+        for phase, part in results[name].get("particles", {}).items():
+            d = np.asarray(part["particles"]["diameter_um"])[part["particles"]["used_in_distribution"]]
+            if d.size:
+                ax_psd.hist(d, bins=30, weights=d**3 / np.sum(d**3), histtype="step",
+                            label=f"{name} ({phase}, n={d.size})")
+    ax_vf.set_xticks(x + width * (len(names) - 1) / 2, class_names)
+    ax_vf.set_ylabel("volume fraction")
+    ax_psd.set_xlabel("equivalent-sphere diameter (µm)")
+    ax_psd.set_ylabel("volume fraction of particles")
+    ax_psd.set_title("particle size distribution (volume-weighted)")
+    for ax in (ax_vf, ax_psd):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def write_statistics(
+    out_dir: Path,
+    results: Mapping[str, Mapping[str, Any]],
+    class_names: Sequence[str],
+    voxel_size_nm: float,
+    settings: Mapping[str, Any],
+    label_values: Sequence[int] | None = None,
+    figure: bool = True,
+) -> None:
+    """Write ``stats.csv`` (one row per volume, columns ``<statistic>/<phase>``), ``units.json``,
+    ``stats.json`` (nested results and settings) and, with ``figure``, ``stats.png`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"volume": name, **flatten_statistics(stats)} for name, stats in results.items()]
+    columns = write_csv_atomic(out_dir / "stats.csv", rows)
+    write_json_atomic(out_dir / "units.json", {"voxel_size_nm": voxel_size_nm, "columns": units(columns[1:])})
+    write_json_atomic(out_dir / "stats.json", {"class_names": list(class_names), "label_values": label_values,
+                                               "settings": dict(settings), "volumes": dict(results)})
+    if figure:
+        save_statistics_figure(out_dir / "stats.png", dict(results), list(class_names))

@@ -213,7 +213,7 @@ def simulate_evolution(
     n_particles = int(regions.max())
     score = _crack_score(regions, hull, cracks0, evo, rng)
     # CBD contact layer of the state-0 particles, detached in nested patches
-    cbd0 = labels0 == CBD
+    cbd0 = (labels0 == CBD) & ~hull  # CBD enclosed in a particle counts as its crack
     near = ndimage.distance_transform_edt(~hull) <= evo.detach_depth_vox
     contact = cbd0 & near
     patches = _smooth_field(base_shape, evo.detach_patch_vox, rng)
@@ -285,7 +285,9 @@ def simulate_evolution(
             "cbd_detached_fraction": n_detach / contact_values.size if contact_values.size else 0.0,
             "cbd_coverage_of_nmc": cbd_coverage(fov),
             "particle_count": len(present),
-            "particles": {  # whole particles (also outside the field of view), simulator ids
+            # simulator ids of the particles in the field of view; voxel counts of the whole
+            # particle (also outside the field of view), centroid of its part in the view
+            "particles": {
                 "id": present.tolist(),
                 "hull_voxels": hull_vox[present - 1].tolist(),
                 "solid_voxels": solid_vox[present - 1].tolist(),

@@ -101,12 +101,17 @@ def compare_methods(
 
 
 def format_recon_table(rows: Sequence[Mapping[str, float | str]], reference: str | None = "FBP") -> str:
-    """Markdown table of :func:`compare_methods` rows, with PSNR gain over ``reference``."""
+    """Markdown table of :func:`compare_methods` rows, with the PSNR gain over ``reference`` and
+    a training-time column when rows carry ``train_s``."""
     ref = next((r for r in rows if r["method"] == reference), None)
+    timed = any("train_s" in r for r in rows)
     head = "| method | PSNR (dB) | SSIM | rel. error | ms/slice |"
     sep = "|---|---:|---:|---:|---:|"
     if ref is not None:
         head += f" dB vs {reference} |"
+        sep += "---:|"
+    if timed:
+        head += " training (s) |"
         sep += "---:|"
     lines = [head, sep]
     for r in rows:
@@ -114,6 +119,9 @@ def format_recon_table(rows: Sequence[Mapping[str, float | str]], reference: str
                 f"{r['rel_error']:.3f} | {r['ms_per_slice']:.1f} |")
         if ref is not None:
             line += f" {float(r['psnr']) - float(ref['psnr']):+.2f} |"
+        if timed:
+            t = float(r.get("train_s", float("nan")))
+            line += " - |" if np.isnan(t) else f" {t:.0f} |"
         lines.append(line)
     return "\n".join(lines)
 

@@ -1,0 +1,149 @@
+"""Learned versus classical reconstruction on held-out simulated slices, printed as a table.
+
+Trains FBPConvNet, LGD and LPD through ``train.py`` (same data, same budget each, or takes
+checkpoints), then scores FBP, SIRT, TV (PDHG) and the three nets on the held-out slices of
+``data=sinograms`` (electrode slices by default) with PSNR / SSIM (data range 1) and relative
+error; writes ``<out>/recon_learned.csv`` and ``.md``.
+
+    python benchmarks/recon_learned.py --minutes 2 --n-angles 60 --photons 1e4
+    python benchmarks/recon_learned.py --ckpt lpd=RUN/checkpoints/best.ckpt --models lpd
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.config import CONFIG_DIR, setup_config_env  # noqa: E402
+from src.data.sinograms import SinogramDataModule  # noqa: E402
+from src.models.reconstruction_module import load_reconstruction_checkpoint  # noqa: E402
+from src.recon.evaluation import (  # noqa: E402
+    compare_methods,
+    format_recon_table,
+    psnr,
+    write_recon_table,
+)
+from src.recon.iterative import operator_norm, sirt, tv_pdhg  # noqa: E402
+
+NAMES = {"fbpconvnet": "FBPConvNet", "lgd": "LGD", "lpd": "LPD"}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def data_overrides(a: argparse.Namespace) -> list[str]:
+    photons = "null" if a.photons is None else repr(a.photons)
+    return ["data=sinograms", f"data.image_size={a.image_size}", f"data.n_angles={a.n_angles}",
+            f"data.photons={photons}", f"data.train_samples={a.train_samples}",
+            f"data.val_samples={a.val_samples}", f"data.val_ellipse_fraction={a.val_ellipse_fraction}",
+            f"data.batch_size={a.batch_size}", f"seed={a.seed}"]
+
+
+def train_model(model: str, a: argparse.Namespace, out: Path) -> tuple[Path, float]:
+    """Fit ``model`` through train.py for ``a.minutes``; return (best checkpoint, seconds)."""
+    import train
+
+    run_dir = out / model
+    seconds = int(a.minutes * 60)
+    overrides = [f"model={model}", "logger=csv", *data_overrides(a),
+                 f"trainer.max_epochs={a.epochs}",
+                 f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
+                 "callbacks.early_stopping=null", "trainer.enable_model_summary=false",
+                 f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *a.override]
+    start = time.perf_counter()
+    train.train(compose(overrides))
+    return run_dir / "checkpoints" / "best.ckpt", time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["fbpconvnet", "lgd", "lpd"], choices=list(NAMES))
+    p.add_argument("--ckpt", nargs="*", default=[], help="model=path: skip training that model")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time per model")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--n-angles", type=int, default=60)
+    p.add_argument("--photons", type=float, default=1e4, help="<= 0: noiseless")
+    p.add_argument("--train-samples", type=int, default=512)
+    p.add_argument("--val-samples", type=int, default=32)
+    p.add_argument("--val-ellipse-fraction", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sirt-iter", type=int, default=100)
+    p.add_argument("--tv-iter", type=int, default=300)
+    p.add_argument("--override", nargs="*", default=[], help="extra train.py overrides")
+    p.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / "recon_learned")
+    a = p.parse_args()
+    a.photons = None if a.photons is not None and a.photons <= 0 else a.photons
+    setup_config_env()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    ckpts = dict(s.split("=", 1) for s in a.ckpt)
+    trained: dict[str, tuple[Path, float | None]] = {}
+    for model in a.models:
+        if model in ckpts:
+            trained[model] = (Path(ckpts[model]), None)
+        else:
+            trained[model] = train_model(model, a, a.out)
+            print(f"trained {model} in {trained[model][1]:.0f} s")
+
+    cfg = compose([f"model={a.models[0]}", *data_overrides(a)])
+    dm: SinogramDataModule = instantiate(cfg.data)
+    dm.setup()
+    sino, img = dm.held_out()
+    op = dm.projector
+    # TV weight picked on training slices (never the held-out ones)
+    tr_sino, tr_img = dm.train_set.sinograms[:8], dm.train_set.images[:8, None]
+    norm = operator_norm(op, with_gradient=True, dtype=torch.float32) * 1.01
+    lams = [0.3, 1.0, 3.0, 10.0]
+    scores = [float(psnr(tv_pdhg(tr_sino, op, lam, a.tv_iter, norm=norm)[:, None], tr_img).mean())
+              for lam in lams]
+    lam = lams[max(range(len(lams)), key=scores.__getitem__)]
+
+    methods = {
+        "FBP": dm.fbp,
+        f"SIRT ({a.sirt_iter} it.)": lambda s: sirt(s[:, 0], op, a.sirt_iter, nonneg=True)[:, None],
+        f"TV (lam {lam:g})": lambda s: tv_pdhg(s[:, 0], op, lam, a.tv_iter, norm=norm)[:, None],
+    }
+    budget = {}
+    for model, (path, seconds) in trained.items():
+        module, _ = load_reconstruction_checkpoint(path)
+        module.net.set_projector(op)  # same geometry: share the cached weights
+        methods[NAMES[model]] = module
+        budget[NAMES[model]] = seconds
+    rows = compare_methods(methods, sino, img, data_range=1.0)
+    for r in rows:
+        seconds = budget.get(str(r["method"]))
+        r["train_s"] = float("nan") if seconds is None else seconds
+    table = format_recon_table(rows)
+    photons = "noiseless" if a.photons is None else f"{a.photons:g} photons"
+    head = (f"held-out: {len(img)} slices {a.image_size}^2 (ellipse fraction "
+            f"{a.val_ellipse_fraction}), {a.n_angles} angles, {photons}; training "
+            f"{a.train_samples} slices, {a.minutes:g} min per net on {torch.get_num_threads()} "
+            f"CPU thread(s) ({'cuda' if torch.cuda.is_available() else 'cpu'})")
+    print(head)
+    print(table)
+    write_recon_table(rows, a.out / "recon_learned.csv")
+    (a.out / "recon_learned.md").write_text(head + "\n\n" + table + "\n")
+    print(f"wrote {a.out / 'recon_learned.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Evolution of 3D statistics over a series of states:
+``python evolve.py manifest=series.csv output_dir=DIR [voxel_size_nm=40] [register=true] [track=true]``.
+
+The manifest and every volume are read and checked before anything is computed; the outputs
+(``evolution.csv``, ``evolution.json``, ``tests.csv``, ``units.json``, ``tracking.csv``,
+``evolution.png``, ``distributions.png``) are written at the end, each atomically. See
+:mod:`src.analysis.evolution` for the method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from src.analysis.evolution import read_manifest, run_evolution, write_outputs
+from src.config import CONFIG_DIR, setup_config_env
+
+log = logging.getLogger("evolve")
+
+
+def evolve(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evolution analysis of ``cfg.manifest``; write the outputs; return the result."""
+    if cfg.x_axis not in ("soc", "time_h", "voltage"):
+        raise ValueError(f"x_axis must be soc, time_h or voltage, got {cfg.x_axis!r}")
+    entries = read_manifest(cfg.manifest)
+    missing = [e.name for e in entries if not math.isfinite(getattr(e, cfg.x_axis))]
+    if missing:
+        raise ValueError(f"x_axis={cfg.x_axis}: manifest {cfg.manifest} gives no {cfg.x_axis} for "
+                         f"states {missing}")
+    voxel = cfg.voxel_size_nm
+    if OmegaConf.is_list(voxel):
+        voxel = list(voxel)
+    registration = OmegaConf.to_container(cfg.registration, resolve=True)
+    result = run_evolution(
+        entries,
+        class_names=[str(c) for c in cfg.class_names],
+        voxel_size_nm=voxel,
+        label_values=None if cfg.label_values is None else [int(v) for v in cfg.label_values],
+        stats_options=OmegaConf.to_container(cfg.stats, resolve=True),
+        blocks=list(cfg.bootstrap.blocks),
+        n_bootstrap=int(cfg.bootstrap.n_resamples),
+        confidence=float(cfg.bootstrap.confidence),
+        register=bool(cfg.register),
+        registration=registration,
+        track=bool(cfg.track),
+        min_overlap=float(cfg.tracking.min_overlap),
+        paired=cfg.tests.paired,
+        n_permutations=int(cfg.tests.n_permutations),
+        alpha=float(cfg.tests.alpha),
+        seed=int(cfg.seed),
+        progress=log.info,
+    )
+    patterns = None if cfg.figure_statistics is None else list(cfg.figure_statistics)
+    paths = write_outputs(Path(cfg.output_dir), result, x_axis=cfg.x_axis, figure=bool(cfg.figure),
+                          figure_statistics=patterns)
+    log.info("evolution of %d states written to %s", len(entries), cfg.output_dir)
+    result["paths"] = paths
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evolve")
+def main(cfg: DictConfig) -> None:
+    evolve(cfg)
+
+
+if __name__ == "__main__":
+    setup_config_env()
+    main()
