@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -24,7 +22,7 @@ from src.analysis.metrics import confusion_matrix, format_table, scores_from_con
 from src.analysis.morphology import compute_statistics
 from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
-from src.data.io import write_tiff
+from src.data.io import write_json, write_tiff
 from src.data.sources import load_pair, pair_images_labels, pair_key
 from src.data.transforms import normalize_percentile
 from src.models.checkpoint import load_segmentation_checkpoint
@@ -32,18 +30,6 @@ from src.prediction import SlidingWindowPredictor
 from src.visualize import save_panel_png
 
 log = logging.getLogger("evaluate")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (temp file, then rename)."""
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def stats_voxel_size(image_path: Path, ndim: int, voxel_size_nm: float | None) -> float:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from src.data.io import atomic_output
 
 #: RGB colours of phases 0, 1, 2, ... (NMC grey-blue, CBD orange, pore dark), then a cycle
 PHASE_COLORS = np.array(
@@ -73,14 +73,9 @@ def save_panel_png(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.45 / height if title else 0.0)))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

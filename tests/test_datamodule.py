@@ -39,6 +39,9 @@ def test_pairing_by_name_and_by_order(tmp_path):
         write_tiff(tmp_path / "lab" / name, np.zeros((2, 2), np.uint8))
     pairs = pair_images_labels(tmp_path / "img", tmp_path / "lab")
     assert [(i.name, lab.name) for i, lab in pairs] == [("img2.tif", "seg_x.tif"), ("img10.tif", "seg_y.tif")]
+    # a folder holding both images and labels can be given as the labels
+    pairs = pair_images_labels([tmp_path / "n" / "b.tif"], tmp_path / "n")
+    assert [(i.name, lab.name) for i, lab in pairs] == [("b.tif", "b_label.tif")]
     assert pair_key(tmp_path / "train_s0_image.tif") == pair_key(tmp_path / "train_s0_label.tif") == "train_s0"
     with pytest.raises(FileNotFoundError, match="nothing"):
         pair_images_labels(f"{tmp_path}/nothing*.tif")

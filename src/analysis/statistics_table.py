@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from src.data.io import atomic_output, write_json, write_text
+
+# kept for the callers written before src.data.io had write_json (evolution.py)
+write_json_atomic = write_json
+
 __all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic",
-           "write_json_atomic", "write_text_atomic"]
+           "write_json_atomic"]
 
 # unit and meaning of each statistic (the part of a column name before "/")
 STATISTIC_UNITS: dict[str, tuple[str, str]] = {
@@ -115,24 +118,6 @@ def units(columns: Iterable[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented JSON atomically (NaN/inf kept as JSON5-style tokens)."""
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True, ensure_ascii=False) + "\n")
-
-
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]],
                      first: Sequence[str] = ("volume",)) -> list[str]:
     """Write dict rows as CSV atomically; columns = ``first`` then the union in first-seen order.
@@ -146,7 +131,7 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, A
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
     return columns
 
 
@@ -178,13 +163,11 @@ def save_statistics_figure(path: Path, results: dict[str, dict[str, Any]], class
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def write_statistics(
@@ -201,8 +184,8 @@ def write_statistics(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"volume": name, **flatten_statistics(stats)} for name, stats in results.items()]
     columns = write_csv_atomic(out_dir / "stats.csv", rows)
-    write_json_atomic(out_dir / "units.json", {"voxel_size_nm": voxel_size_nm, "columns": units(columns[1:])})
-    write_json_atomic(out_dir / "stats.json", {"class_names": list(class_names), "label_values": label_values,
+    write_json(out_dir / "units.json", {"voxel_size_nm": voxel_size_nm, "columns": units(columns[1:])})
+    write_json(out_dir / "stats.json", {"class_names": list(class_names), "label_values": label_values,
                                                "settings": dict(settings), "volumes": dict(results)})
     if figure:
         save_statistics_figure(out_dir / "stats.png", dict(results), list(class_names))

@@ -231,11 +231,8 @@ def write_tiff(
     never see a partial file and an existing file survives a failed write. Parent directories
     are created; BigTIFF is used for arrays over ~2 GB. ``metadata`` is stored as JSON.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(array)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         tifffile.imwrite(
             tmp,
             array,
@@ -244,10 +241,36 @@ def write_tiff(
             metadata=dict(metadata or {}),
             bigtiff=array.nbytes > BIGTIFF_THRESHOLD,
         )
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden temp path beside ``path`` (same suffix); on success it replaces ``path``.
+
+    Readers never see a partial file and an existing file survives a failed write; the temp
+    file is removed on any error. Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON atomically (NaN/inf kept as JSON5-style tokens)."""
+    import json
+
+    write_text(path, json.dumps(data, indent=2, allow_nan=True, ensure_ascii=False) + "\n")
 
 
 def _slabs(array: np.ndarray) -> Iterator[np.ndarray]:

@@ -43,16 +43,17 @@ def pair_images_labels(images: PathSpec, labels: PathSpec | None = None) -> list
     """
     image_files = _expand(images)
     label_files = _expand(labels) if labels is not None else []
-    label_set = set(label_files)
-    image_files = [
-        f for f in image_files
-        if f not in label_set and not _LABEL_SUFFIX.search(f.name.split(".")[0])
-    ]
+    image_files = [f for f in image_files if not _LABEL_SUFFIX.search(f.name.split(".")[0])]
     if not image_files:
         raise FileNotFoundError(f"no image files found for images={images!r} (label files excluded)")
     if labels is None:
         return [(f, None) for f in image_files]
-    by_key = {pair_key(f): f for f in label_files}
+    image_set = set(image_files)
+    by_key: dict[str, Path] = {}
+    for f in label_files:  # a label-named file wins over a plain one with the same key
+        if f in image_set or (pair_key(f) in by_key and not _LABEL_SUFFIX.search(f.name.split(".")[0])):
+            continue
+        by_key[pair_key(f)] = f
     if all(pair_key(f) in by_key for f in image_files):
         return [(f, by_key[pair_key(f)]) for f in image_files]
     if len(image_files) != len(label_files):
