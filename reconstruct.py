@@ -169,7 +169,8 @@ def reconstruct(cfg: DictConfig) -> np.ndarray:
                                      int(cfg.get("batch_size", 16)), str(cfg.get("device", "cpu")),
                                      bool(cfg.get("progress", True)))
     else:
-        kwargs = dict(OmegaConf.to_container(cfg.get("algorithm_kwargs") or {}, resolve=True))
+        extra = cfg.get("algorithm_kwargs")
+        kwargs = dict(OmegaConf.to_container(extra, resolve=True)) if extra else {}
         step = int(cfg.get("batch_size", 16))
         volume = np.empty((rows, cols, cols), dtype=np.float32)
         for z in tqdm(range(0, rows, step), desc=f"{algorithm} slices", unit="batch",

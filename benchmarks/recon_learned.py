@@ -119,6 +119,7 @@ def main() -> None:
 
     methods = {
         "FBP": dm.fbp,
+        "FBP (Hann)": lambda s: dm.fbp(s, "hann"),
         f"SIRT ({a.sirt_iter} it.)": lambda s: sirt(s[:, 0], op, a.sirt_iter, nonneg=True)[:, None],
         f"TV (lam {lam:g})": lambda s: tv_pdhg(s[:, 0], op, lam, a.tv_iter, norm=norm)[:, None],
     }

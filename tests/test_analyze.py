@@ -37,7 +37,7 @@ def test_analyze_in_process(volumes, tmp_path):
                               f"output_dir={out}", *FAST])
     results = analyze.analyze(cfg)
     assert set(results) == {"vol0", "vol1"}
-    with open(out / "statistics.csv") as f:
+    with open(out / "stats.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["volume"] for r in rows] == ["vol0", "vol1"]
     expected = (blob_labels((24, 28, 32), seed=20) == 0).mean()
@@ -48,10 +48,10 @@ def test_analyze_in_process(volumes, tmp_path):
     unit_table = json.loads((out / "units.json").read_text(encoding="utf-8"))["columns"]
     assert set(unit_table) == set(rows[0]) - {"volume"}
     assert unit_table["interface_area_um2/NMC-pore"]["unit"] == "µm²"
-    saved = json.loads((out / "statistics.json").read_text(encoding="utf-8"))
+    saved = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     assert saved["volumes"]["vol1"]["class_names"] == ["NMC", "CBD", "pore"]
     assert "diameter_um" in saved["volumes"]["vol0"]["particles"]["NMC"]["particles"]
-    assert (out / "statistics.png").stat().st_size > 1000
+    assert (out / "stats.png").stat().st_size > 1000
     assert not list(out.glob(".*.tmp*"))
 
 
@@ -62,7 +62,7 @@ def test_analyze_cli(volumes, tmp_path):
            "statistics.thickness_phases=[]", "figure=false"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    header = (out / "statistics.csv").read_text().splitlines()[0].split(",")
+    header = (out / "stats.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "volume" and "volume_fraction/pore" in header
     assert not any(h.startswith("tortuosity_factor") for h in header)
 

@@ -37,7 +37,7 @@ PHASES = ["NMC", "CBD", "pore"]
 FAST_STATS = {"particle_phase": "NMC", "tortuosity": False, "thickness_phases": [],
               "particles": {"min_voxels": 27}}
 FAST = ["stats.tortuosity=false", "stats.thickness_phases=[]", "bootstrap.n_resamples=200",
-        "tests.n_permutations=999"]
+        "tests.n_permutations=4999"]
 
 
 @pytest.fixture(scope="module")
@@ -125,23 +125,35 @@ def test_blocks_and_particle_summary_match_whole_volume(electrode):
     assert cis == bootstrap_intervals(state, n_resamples=300, confidence=0.9, seed=1)
 
 
+def ball_grid(radius: float, seed: int) -> np.ndarray:
+    """(48, 48, 48) labels: 64 separate NMC balls (radius ± 0.5 voxel) in pore."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.ogrid[:48, :48, :48]
+    labels = np.full((48, 48, 48), 2, np.uint8)
+    for cz in range(6, 48, 12):
+        for cy in range(6, 48, 12):
+            for cx in range(6, 48, 12):
+                r = radius + rng.uniform(-0.5, 0.5)
+                labels[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= r * r] = 0
+    return labels
+
+
 def test_compare_states_detects_a_change_and_not_a_non_change(electrode):
     a = analyse_state(electrode, PHASES, 80.0, FAST_STATS)
     same = compare_states(a, a, paired=True, n_resamples=999)
     assert not any(r["significant"] for r in same)
-    # grow the pore phase by opening every NMC surface voxel
-    from scipy import ndimage
-
-    eroded = electrode.copy()
-    nmc = electrode == 0
-    eroded[nmc & ~ndimage.binary_erosion(nmc)] = 2
-    b = analyse_state(eroded, PHASES, 80.0, FAST_STATS)
-    rows = {(r["statistic"], r["test"]): r for r in compare_states(a, b, paired=True, n_resamples=999)}
+    a = analyse_state(ball_grid(5.0, 0), PHASES, 80.0, FAST_STATS)
+    b = analyse_state(ball_grid(4.0, 1), PHASES, 80.0, FAST_STATS)
+    assert a.row["particle_count/NMC"] > 20 and b.row["particle_count/NMC"] > 20
+    rows = {(r["statistic"], r["test"]): r for r in compare_states(a, b, paired=True)}
     vf = rows[("volume_fraction/NMC", "paired_permutation_mean (blocks)")]
     assert vf["difference"] < 0 and vf["significant"] and vf["n_a"] == 27
     ks = rows[("diameter_um/NMC", "ks_2samp")]
-    assert ks["effect"] > 0.3 and ks["p_value"] < 0.01
-    assert rows[("diameter_um/NMC", "permutation_mean")]["difference"] < 0
+    assert ks["effect"] > 0.9 and ks["significant"]
+    mean = rows[("diameter_um/NMC", "permutation_mean")]
+    assert mean["difference"] < 0 and mean["significant"]
+    unpaired = {(r["statistic"], r["test"]) for r in compare_states(a, b, paired=False)}
+    assert ("volume_fraction/NMC", "permutation_mean (blocks)") in unpaired
 
 
 # --------------------------------------------------------------------------- registration, tracking
@@ -202,11 +214,10 @@ def test_evolve_recovers_the_simulated_trends(series, tmp_path):
     assert np.all(np.diff(col("crack_porosity/NMC")) > 0)
     assert np.all(np.diff(col("volume_fraction/NMC")) < 0)
     assert np.all(np.diff(col("surface_fraction_to_CBD/NMC")) < 0)
-    assert col("d50_um/NMC")[-1] < col("d50_um/NMC")[0]
-    assert col("mean_diameter_um/NMC")[-1] < col("mean_diameter_um/NMC")[0]
-    # shrinkage: 3 % of particle volume per step, recovered within 1 percentage point
-    envelope = 100 * (col("particle_volume_fraction/NMC")[1:] / col("particle_volume_fraction/NMC")[:-1] - 1)
-    assert np.all(np.abs(envelope + 3.0) < 1.0), envelope
+    assert np.all(np.diff(col("particle_volume_fraction/NMC")) < 0)
+    # shrinkage: 3 % of particle volume per step, recovered within 1 percentage point by the
+    # tracked particles (d50 of ~50 particles in 64³ moves by ±5 % from sampling alone, more
+    # than the 1 % radius change per step: it is not asserted here)
     tracked = col("tracked_volume_change_percent/NMC")[1:]
     assert np.all(np.abs(tracked + 3.0) < 1.0), tracked
     for t in result["tracking"]:
@@ -237,12 +248,16 @@ def test_evolve_cli_and_bad_manifest(tmp_path):
                                                          "- {path: vols/s1.tif, soc: 0.6, time_h: 3}\n")
     out = tmp_path / "cli"
     cmd = [sys.executable, "evolve.py", f"manifest={manifest}", f"output_dir={out}", "voxel_size_nm=40",
-           "label_values=[85,170,0]", "x_axis=time_h", "bootstrap.blocks=[1,1,2]", *FAST]
+           "label_values=[85,170,0]", "x_axis=time_h", "bootstrap.blocks=[1,1,2]", *FAST,
+           "stats.tortuosity=true", "stats.axes=[0]"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "evolution.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["time_h"]) for r in rows] == [0.0, 3.0]
+    # tortuosity: one whole-volume solve per state, no sub-volume interval
+    assert float(rows[0]["tortuosity_factor_z/pore"]) > 1
+    assert np.isnan(float(rows[0]["tortuosity_factor_z/pore/ci_low"]))
     assert (out / "evolution.png").exists() and not (out / "tracking.csv").exists()
 
     import evolve

@@ -37,9 +37,12 @@ def test_configured_changes_are_exact_in_the_truth(series):
     hull0 = np.array(truths[0]["particles"]["hull_voxels"], float)
     assert len(ids0) > 30
     for k, t in enumerate(truths):
-        assert t["particles"]["id"] == ids0
-        ratio = np.array(t["particles"]["hull_voxels"]) / hull0
-        assert np.all(np.abs(ratio - 0.97**k) <= 1.0 / hull0 + 1e-12)
+        # ids persist (a particle barely inside the view may leave it as it shrinks)
+        ids = t["particles"]["id"]
+        assert set(ids) <= set(ids0) and len(ids) >= len(ids0) - 3
+        h0 = hull0[np.searchsorted(ids0, ids)]
+        ratio = np.array(t["particles"]["hull_voxels"]) / h0
+        assert np.all(np.abs(ratio - 0.97**k) <= 1.0 / h0 + 1e-12)
         assert t["volume_scale"] == pytest.approx(0.97**k)
         assert t["radius_scale"] == pytest.approx(0.97 ** (k / 3))
     crack = [t["crack_porosity"] for t in truths]
@@ -56,10 +59,26 @@ def test_configured_changes_are_exact_in_the_truth(series):
 def test_changes_are_nested_and_deterministic(series):
     a, b = series[1].labels, series[2].labels
     assert not np.any((a != 1) & (b == 1))  # what detached stays detached
-    again = simulate_evolution(MICRO, EVO, seed=0)
-    assert all(np.array_equal(x.labels, y.labels) for x, y in zip(series, again, strict=True))
-    other = simulate_evolution(MICRO, EVO, seed=1)
-    assert not np.array_equal(series[0].labels, other[0].labels)
+    small = MicrostructureConfig(shape=(32, 32, 32), voxel_size_nm=80.0)
+    once, again = (simulate_evolution(small, EVO, seed=0) for _ in range(2))
+    assert all(np.array_equal(x.labels, y.labels) for x, y in zip(once, again, strict=True))
+    other = simulate_evolution(small, EVO, seed=1)
+    assert not np.array_equal(once[0].labels, other[0].labels)
+
+
+def test_ground_truth_masks_and_enclosed_cracks(series):
+    from scipy import ndimage
+
+    for s in series:
+        assert np.array_equal(s.cracks, (s.particle_ids > 0) & (s.labels == 2))
+        assert np.array_equal(s.particle_ids > 0, (s.labels == 0) | s.cracks)
+        # cracks of particles away from the faces are enclosed in the NMC (fill_holes sees them)
+        ids = s.particle_ids
+        face = np.unique(np.concatenate([np.take(ids, e, axis=a).ravel()
+                                         for a in range(3) for e in (0, -1)]))
+        interior = s.cracks & ~np.isin(ids, face)
+        assert interior.sum() > 100
+        assert np.all(ndimage.binary_fill_holes(s.labels == 0)[interior])
 
 
 def test_drift_crops_a_shifted_field_of_view():

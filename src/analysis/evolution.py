@@ -21,7 +21,8 @@ against the manifest's folder), ``soc`` (0..1) and optionally ``voltage`` (V), `
    volume, sphericity, crack porosity) and of every per-block statistic (paired sign-flip
    permutations when both states share the block grid), Holm-adjusted per pair of states;
 5. optionally tracks particles between consecutive (aligned) states by overlap: per-particle
-   volume change and crack porosity change, with paired permutation tests.
+   volume change and crack porosity change, with paired permutation tests (median log volume
+   ratio; mean crack-porosity change) over the tracked particles away from the faces.
 
 :func:`write_outputs` writes ``evolution.csv`` (one row per state: metadata, each statistic,
 ``<column>/ci_low``, ``<column>/ci_high``), ``evolution.json`` (all of it, nested, with the
@@ -380,14 +381,19 @@ def _holm(p: np.ndarray) -> np.ndarray:
 
 
 def _permutation_p(x: np.ndarray, y: np.ndarray, paired: bool, n_resamples: int,
-                   rng: np.random.Generator) -> float:
-    """Two-sided permutation p-value of mean(y) - mean(x) (paired: sign flips of y - x)."""
+                   rng: np.random.Generator, median: bool = False) -> float:
+    """Two-sided permutation p-value of mean(y) - mean(x) (paired: sign flips of y - x).
+
+    ``median`` (paired only): the statistic is the median of y - x, robust to a few outliers.
+    """
     from scipy.stats import permutation_test
 
     def diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        if median:
+            return np.median(b - a, axis=axis)
         return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
-    if np.allclose(x.mean(), y.mean()) and (not paired or np.allclose(x, y)):
+    if np.allclose(x, y) if paired else np.allclose(x.mean(), y.mean()):
         return 1.0
     res = permutation_test((x, y), diff, permutation_type="samples" if paired else "independent",
                            vectorized=True, n_resamples=n_resamples, rng=rng)
@@ -568,11 +574,11 @@ def run_evolution(
             tests.append({"state_a": entries[k].name, "state_b": entries[k + 1].name, **r})
     tracking = []
     if track:
-        regions = [_particle_regions(v, class_names, options) for v in volumes]
         rng = np.random.default_rng(seed)
-        for k in range(len(volumes) - 1):
+        rb, mb = _particle_regions(volumes[0], class_names, options)
+        for k in range(len(volumes) - 1):  # two states' particle ids in memory at a time
             say(f"tracking {entries[k].name} -> {entries[k + 1].name}")
-            (ra, ma), (rb, mb) = regions[k], regions[k + 1]
+            (ra, ma), (rb, mb) = (rb, mb), _particle_regions(volumes[k + 1], class_names, options)
             res = track_particles(ra, rb, ma, mb, voxels[k] * 1e-3, min_overlap=min_overlap)
             res["state_a"], res["state_b"] = entries[k].name, entries[k + 1].name
             tracking.append(res)
@@ -581,21 +587,26 @@ def run_evolution(
             rows[k + 1][f"tracked_crack_porosity_change/{phase}"] = s["median_crack_porosity_change"]
             interior = ~np.asarray(parts["touches_border"], bool)
             pair_rows = []
+            # volume: median log ratio (robust to the few split/merged particles), effect = its
+            # median change in %; crack porosity: mean change (most particles stay uncracked)
             for key, name in (("volume", "particle_volume_um3"), ("crack_porosity", "crack_porosity")):
                 suffix = ("_a_um3", "_b_um3") if key == "volume" else ("_a", "_b")
                 x = np.asarray(parts[f"{key}{suffix[0]}"], float)[interior]
                 y = np.asarray(parts[f"{key}{suffix[1]}"], float)[interior]
                 if x.size < 2:
                     continue
-                effect = (100.0 * float(np.median(y / x - 1.0)) if key == "volume"
-                          else float(np.median(y - x)))
-                pair_rows.append({"state_a": entries[k].name, "state_b": entries[k + 1].name,
-                                  "statistic": f"tracked_{name}/{phase}",
-                                  "test": "paired_permutation_mean (tracked particles)",
-                                  "n_a": int(x.size), "n_b": int(y.size), "mean_a": float(x.mean()),
-                                  "mean_b": float(y.mean()), "difference": float(y.mean() - x.mean()),
-                                  "effect": effect,
-                                  "p_value": _permutation_p(x, y, True, n_permutations, rng)})
+                volume = key == "volume"
+                xt, yt = (np.log(x), np.log(y)) if volume else (x, y)
+                pair_rows.append({
+                    "state_a": entries[k].name, "state_b": entries[k + 1].name,
+                    "statistic": f"tracked_{name}/{phase}",
+                    "test": ("paired_permutation_median_log_ratio" if volume else
+                             "paired_permutation_mean") + " (tracked particles)",
+                    "n_a": int(x.size), "n_b": int(y.size), "mean_a": float(x.mean()),
+                    "mean_b": float(y.mean()), "difference": float(y.mean() - x.mean()),
+                    "effect": (100.0 * float(np.expm1(np.median(yt - xt))) if volume
+                               else float(np.mean(y - x))),
+                    "p_value": _permutation_p(xt, yt, True, n_permutations, rng, median=volume)})
             p_holm = _holm(np.array([r["p_value"] for r in pair_rows]))
             for r, ph in zip(pair_rows, p_holm, strict=True):  # own family: the tracked tests
                 r["p_holm"] = float(ph)
@@ -712,7 +723,7 @@ def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> No
     diam = [a.particles["diameter_um"][a.particles["used_in_distribution"].astype(bool)]
             if a.particles is not None else np.zeros(0) for a in analyses]
     alld = np.concatenate(diam) if diam else np.zeros(0)
-    bins = np.linspace(alld.min(), alld.max(), 16) if np.ptp(alld, initial=0) > 0 else 10
+    bins = np.linspace(alld.min(), alld.max(), 16) if alld.size and np.ptp(alld) > 0 else 10
     for r, d, c in zip(rows, diam, colours, strict=True):
         label = f"{r['name']} ({x_axis}={r[x_axis]:.3g})"
         if d.size:
@@ -727,17 +738,19 @@ def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> No
     for r, a, c in zip(rows, analyses, colours, strict=True):
         for name, lt in a.stats.get("local_thickness", {}).items():
             edges, frac = np.asarray(lt["hist_edges_um"]), np.asarray(lt["hist_fraction"])
-            if edges.size:
-                axes[2].step(0.5 * (edges[1:] + edges[:-1]), frac, where="mid", color=c,
-                             label=f"{r['name']} {name}")
-    axes[2].set(xlabel="local thickness (µm)", ylabel="volume fraction", title="local thickness")
+            if edges.size:  # cumulative: the thickness values sit on a few discrete radii
+                axes[2].plot(edges[1:], np.cumsum(frac), "-", color=c, label=f"{r['name']} {name}")
+    axes[2].set(xlabel="local thickness (µm)", ylabel="cumulative volume fraction",
+                title="local thickness")
     if result["tracking"]:
         for t, c in zip(result["tracking"], colours[1:], strict=False):
             ch = np.asarray(t["particles"]["volume_change_percent"], float)
             ch = ch[~np.asarray(t["particles"]["touches_border"], bool)]
-            if ch.size:
-                axes[3].hist(ch, bins=20, histtype="step", color=c,
-                             label=f"{t['state_a']}→{t['state_b']}")
+            if ch.size:  # outliers (split/merged particles) gathered in the end bins
+                lo, hi = np.percentile(ch, [2, 98])
+                span = max(hi - lo, 1.0)
+                axes[3].hist(np.clip(ch, lo - 0.5 * span, hi + 0.5 * span), bins=40,
+                             histtype="step", color=c, label=f"{t['state_a']}→{t['state_b']}")
         axes[3].set(xlabel="particle volume change (%)", ylabel="tracked particles",
                     title="tracked particles (interior)")
     for ax in axes:

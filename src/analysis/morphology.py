@@ -124,7 +124,7 @@ def particle_statistics(
     mask: np.ndarray,
     voxel_um: float,
     *,
-    closing_radius: int = 1,
+    closing_radius: int = 0,
     sigma: float = 0.0,
     min_distance: int = 3,
     h: float = 1.0,

@@ -37,7 +37,7 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     return edt.edt(np.ascontiguousarray(mask, dtype=bool), black_border=False, parallel=os.cpu_count() or 1).astype(np.float32)
 
 
-def particle_hull(mask: np.ndarray, closing_radius: int = 1) -> np.ndarray:
+def particle_hull(mask: np.ndarray, closing_radius: int = 0) -> np.ndarray:
     """Mask closed with a ball of ``closing_radius`` voxels (0: none), then hole-filled."""
     hull = mask.copy()
     if closing_radius > 0:
@@ -91,7 +91,7 @@ def _merge_by_dynamics(regions: np.ndarray, dist: np.ndarray, h: float) -> np.nd
 def separate_particles(
     mask: np.ndarray,
     *,
-    closing_radius: int = 1,
+    closing_radius: int = 0,
     sigma: float = 0.0,
     min_distance: int = 3,
     h: float = 1.0,

@@ -163,8 +163,10 @@ def track_particles(
     (counts, matched fraction, medians over matches away from the faces).
     """
     match = match_particles(regions_a, regions_b, min_overlap=min_overlap)
-    ta = measure_particles(regions_a, mask_a, surface_sigma=0.0, min_mesh_voxels=np.iinfo(np.int64).max)
-    tb = measure_particles(regions_b, mask_b, surface_sigma=0.0, min_mesh_voxels=np.iinfo(np.int64).max)
+    no_mesh = np.iinfo(np.int64).max  # sizes and cracks only: skip the per-particle meshes
+    with np.errstate(invalid="ignore", divide="ignore"):  # ids without voxels: NaN centroids
+        ta = measure_particles(regions_a, mask_a, surface_sigma=0.0, min_mesh_voxels=no_mesh)
+        tb = measure_particles(regions_b, mask_b, surface_sigma=0.0, min_mesh_voxels=no_mesh)
     ia, ib = match["id_a"] - 1, match["id_b"] - 1
     hull_a, hull_b = ta.hull_voxels[ia].astype(float), tb.hull_voxels[ib].astype(float)
     change = 100.0 * (hull_b / hull_a - 1.0)

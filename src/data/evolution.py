@@ -14,7 +14,9 @@ cracks filled); these are the simulator's particles, with ids kept through the s
 * **crack growth** — crack porosity (crack voxels / particle hull voxels, over all particles)
   grows by ``crack_growth_percent`` percentage points per state: existing cracks widen first
   (lowest distance to a state-0 crack), then planar cracks start in intact particles; cracks
-  stay at least ``crack_margin_vox`` inside the hull so they remain enclosed;
+  grow only ``crack_margin_vox`` or deeper inside the state-0 hull, and no crack voxel is less
+  than 2 voxels deep in its current hull, so every crack stays enclosed (state-0 cracks
+  shallower than that are healed);
 * **CBD detachment** — CBD voxels touching the state-0 particles (within ``detach_depth_vox``)
   become pore in smooth random patches, ``detach_percent`` of that contact layer per state
   (nested: what detached stays detached); shrinkage also opens gaps;
@@ -107,10 +109,14 @@ class EvolutionConfig:
 
 @dataclass
 class EvolutionState:
-    """One state: ``labels`` (z, y, x) uint8 in the field of view and its ground truth."""
+    """One state in the field of view: ``labels`` (z, y, x) uint8, the ground truth, the
+    simulator's particle ids (z, y, x) int32 (0 = none; hulls, cracks included) and the crack
+    mask (z, y, x) bool."""
 
     labels: np.ndarray
     truth: dict[str, Any] = field(default_factory=dict)
+    particle_ids: np.ndarray | None = None
+    cracks: np.ndarray | None = None
 
 
 def illustrative_voltage(soc: float) -> float:
@@ -175,17 +181,23 @@ def _crack_score(
     return score
 
 
+def _signed_distance(own: np.ndarray) -> np.ndarray:
+    """Signed distance (voxels, > 0 inside, boundary at ±0.5) of a small bool box, float32."""
+    core = (slice(1, -1),) * own.ndim
+    inside = ndimage.distance_transform_edt(np.pad(own, 1))[core]
+    outside = ndimage.distance_transform_edt(np.pad(~own, 1, constant_values=True))[core]
+    return np.where(own, inside - 0.5, 0.5 - outside).astype(np.float32)
+
+
 def _scaled_particle(
-    own: np.ndarray, scale: float, keep: int
+    own: np.ndarray, phi: np.ndarray, scale: float, keep: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Particle ``own`` (bool box) scaled by ``scale`` about its centroid, exactly ``keep`` voxels.
 
-    Returns the new mask (inside ``own``) and, for every voxel of the box, the state-0
-    coordinates it maps back to (3, *box) — where the crack order is looked up.
+    ``phi``: its :func:`_signed_distance`. Returns the new mask (inside ``own``) and, for every
+    voxel of the box, the state-0 coordinates it maps back to (3, *box) — where the crack order
+    is looked up.
     """
-    inside = distance_transform(np.pad(own, 1))[1:-1, 1:-1, 1:-1]
-    outside = distance_transform(np.pad(~own, 1, constant_values=True))[1:-1, 1:-1, 1:-1]
-    phi = np.where(own, inside - 0.5, 0.5 - outside).astype(np.float32)  # signed, > 0 inside
     centre = np.argwhere(own).mean(axis=0)
     grid = np.indices(own.shape, dtype=np.float32)
     source = centre[:, None, None, None] + (grid - centre[:, None, None, None]) / np.float32(scale)
@@ -219,28 +231,34 @@ def simulate_evolution(
     patches = _smooth_field(base_shape, evo.detach_patch_vox, rng)
     contact_values = np.sort(patches[contact])
     boxes = ndimage.find_objects(regions)
+    owns = [None if box is None else regions[box] == pid for pid, box in enumerate(boxes, start=1)]
+    shapes = [None if own is None else (own, _signed_distance(own)) for own in owns]
     shifts = [np.zeros(3, int)] + [rng.integers(-evo.drift_vox, evo.drift_vox + 1, 3)
                                    for _ in range(evo.states - 1)]
     hull0_total = int(hull.sum())
-    crack0 = float(cracks0.sum() / hull0_total) if hull0_total else 0.0
+    # a crack voxel needs depth >= 2 in its hull: its 6-neighbours are then hull voxels and
+    # the cracks stay enclosed (voxels shallower than that are never crack, also in state 0)
+    crack0 = float((cracks0 & (distance_transform(hull) >= 2)).sum() / hull0_total) if hull0_total else 0.0
     states = []
     for k in range(evo.states):
         volume_scale = (1.0 - evo.shrink_percent / 100.0) ** k
         new_hull = np.zeros(base_shape, bool)
         new_score = np.full(base_shape, np.inf, np.float32)
         ids = np.zeros(base_shape, np.int32)
-        for pid, box in enumerate(boxes, start=1):
-            if box is None:
+        for pid, (box, shape) in enumerate(zip(boxes, shapes, strict=True), start=1):
+            if box is None or shape is None:
                 continue
-            own = regions[box] == pid
-            mask, source = _scaled_particle(own, volume_scale ** (1 / 3), round(own.sum() * volume_scale))
+            own, phi = shape
+            mask, source = _scaled_particle(own, phi, volume_scale ** (1 / 3),
+                                            round(own.sum() * volume_scale))
             looked_up = ndimage.map_coordinates(score[box], source, order=0, mode="nearest")
             new_hull[box] |= mask
             ids[box][mask] = pid
             new_score[box] = np.where(mask, looked_up, new_score[box])
         n_hull = int(new_hull.sum())
         crack_target = crack0 + k * evo.crack_growth_percent / 100.0
-        eligible = np.flatnonzero(new_hull & np.isfinite(new_score))
+        deep = distance_transform(new_hull) >= 2
+        eligible = np.flatnonzero(deep & np.isfinite(new_score))
         n_crack = min(round(crack_target * n_hull), eligible.size)
         cracks = np.zeros(base_shape, bool)
         if n_crack:
@@ -295,7 +313,8 @@ def simulate_evolution(
                 "touches_border": touches[present].tolist(),
             },
         }
-        states.append(EvolutionState(fov, truth))
+        states.append(EvolutionState(fov, truth, np.ascontiguousarray(fov_ids),
+                                     np.ascontiguousarray(cracks[view])))
     return states
 
 

@@ -125,7 +125,7 @@ class ReconNet(nn.Module):
 
 
 def _residual_cnn(c_in: int, c_out: int, width: int, depth: int) -> nn.Sequential:
-    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``; last init small."""
+    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``; last bias zero."""
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(depth - 1):
@@ -133,8 +133,6 @@ def _residual_cnn(c_in: int, c_out: int, width: int, depth: int) -> nn.Sequentia
         c = width
     last = nn.Conv2d(c, c_out, 3, padding=1)
     nn.init.zeros_(last.bias)
-    with torch.no_grad():
-        last.weight.mul_(0.1)  # start close to the identity update
     layers.append(last)
     return nn.Sequential(*layers)
 
