@@ -41,7 +41,7 @@ def evolve(cfg: DictConfig) -> dict[str, Any]:
         class_names=[str(c) for c in cfg.class_names],
         voxel_size_nm=voxel,
         label_values=None if cfg.label_values is None else [int(v) for v in cfg.label_values],
-        stats_options=OmegaConf.to_container(cfg.stats, resolve=True),
+        stats_options=OmegaConf.to_container(cfg.statistics, resolve=True),
         blocks=list(cfg.bootstrap.blocks),
         n_bootstrap=int(cfg.bootstrap.n_resamples),
         confidence=float(cfg.bootstrap.confidence),

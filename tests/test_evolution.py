@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["NMC", "CBD", "pore"]
 FAST_STATS = {"particle_phase": "NMC", "tortuosity": False, "thickness_phases": [],
               "particles": {"min_voxels": 27}}
-FAST = ["stats.tortuosity=false", "stats.thickness_phases=[]", "bootstrap.n_resamples=200",
+FAST = ["statistics.tortuosity=false", "statistics.thickness_phases=[]", "bootstrap.n_resamples=200",
         "tests.n_permutations=4999"]
 
 
@@ -249,7 +249,7 @@ def test_evolve_cli_and_bad_manifest(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "evolve.py", f"manifest={manifest}", f"output_dir={out}", "voxel_size_nm=40",
            "label_values=[85,170,0]", "x_axis=time_h", "bootstrap.blocks=[1,1,2]", *FAST,
-           "stats.tortuosity=true", "stats.axes=[0]"]
+           "statistics.tortuosity=true", "statistics.axes=[0]"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "evolution.csv") as f:

@@ -142,3 +142,16 @@ def test_cli_subprocess(scan, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_image(out, mmap=False).shape == (ROWS, SIZE, SIZE)
+
+
+def test_hdf5_input(scan, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "scan.h5", "w") as fh:
+        fh["exchange/data"] = read_image(scan["tomo"], mmap=False)
+        fh["exchange/data_white"] = read_image(scan["flat"], mmap=False)
+        fh["exchange/data_dark"] = read_image(scan["dark"], mmap=False)
+    h5 = tmp_path / "scan.h5"
+    vol = run([f"input={h5}", f"flat={h5}", f"dark={h5}", f"output={tmp_path / 'h5.tif'}"])
+    assert _corr(vol, scan["truth"]) > 0.85
+    with pytest.raises(KeyError, match="no dataset"):
+        run([f"input={h5}", "dataset=nope", f"output={tmp_path / 'x.tif'}"])
