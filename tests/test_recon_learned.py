@@ -189,9 +189,7 @@ def test_plain_command_monitors_psnr():
     optimized_metric; the default callbacks follow it once they monitor ${optimized_metric}."""
     cfg = compose("train", ["model=lpd", "data=sinograms"])
     assert cfg.optimized_metric == "val/psnr"
-    if cfg.callbacks.model_checkpoint.monitor != cfg.optimized_metric:
-        pytest.xfail("conf/callbacks/default.yaml monitors a fixed val/miou; needs "
-                     "monitor: ${optimized_metric} (a model config cannot override it)")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/psnr"
     assert cfg.callbacks.early_stopping.monitor == "val/psnr"
 
 

@@ -37,7 +37,6 @@ import fnmatch
 import logging
 import math
 import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +57,8 @@ from src.analysis.statistics_table import (
     flatten_statistics,
     units,
     write_csv_atomic,
-    write_json_atomic,
 )
-from src.data.io import read_image
+from src.data.io import atomic_output, read_image, write_json
 
 __all__ = ["ManifestEntry", "StateAnalysis", "analyse_state", "block_slices", "bootstrap_intervals",
            "compare_states", "load_labels", "particle_summary", "read_manifest", "run_evolution",
@@ -653,13 +651,11 @@ def _select(columns: Sequence[str], patterns: Sequence[str]) -> list[str]:
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def plot_evolution(path: Path, result: Mapping[str, Any], columns: Sequence[str], x_axis: str) -> None:
@@ -784,7 +780,7 @@ def write_outputs(
                      first=("name", "soc", "voltage", "time_h", "path"))
     write_csv_atomic(paths["tests_csv"], result["tests"], first=("state_a", "state_b", "statistic", "test"))
     unit_table = _units(columns)
-    write_json_atomic(paths["units_json"], {"columns": unit_table, "ci_suffixes": {
+    write_json(paths["units_json"], {"columns": unit_table, "ci_suffixes": {
         "/ci_low": "lower bound of the bootstrap confidence interval (same unit)",
         "/ci_high": "upper bound (same unit)"}})
     statistics = {c: {"unit": unit_table[c]["unit"],
@@ -798,7 +794,7 @@ def write_outputs(
             used = a.particles["used_in_distribution"].astype(bool)
             distributions[s["name"]] = {k: np.asarray(a.particles[k])[used].tolist()
                                         for k in PARTICLE_QUANTITIES}
-    write_json_atomic(paths["evolution_json"], {
+    write_json(paths["evolution_json"], {
         "x_axis": x_axis, "states": result["states"], "statistics": statistics,
         "tests": result["tests"], "registration": result["registration"],
         "tracking": [{"state_a": t["state_a"], "state_b": t["state_b"], "summary": t["summary"]}

@@ -21,11 +21,7 @@ import numpy as np
 
 from src.data.io import atomic_output, write_json, write_text
 
-# kept for the callers written before src.data.io had write_json (evolution.py)
-write_json_atomic = write_json
-
-__all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic",
-           "write_json_atomic"]
+__all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic", "write_statistics"]
 
 # unit and meaning of each statistic (the part of a column name before "/")
 STATISTIC_UNITS: dict[str, tuple[str, str]] = {

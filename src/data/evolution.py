@@ -54,7 +54,7 @@ from scipy import ndimage
 
 from src.analysis.particles import distance_transform, separate_particles
 from src.data.imaging import ImagingConfig, simulate_tomography
-from src.data.io import write_tiff
+from src.data.io import write_text, write_tiff
 from src.data.synthetic import (
     PHASES,
     MicrostructureConfig,
@@ -318,16 +318,6 @@ def simulate_evolution(
     return states
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(dataclasses.asdict(obj))
@@ -373,15 +363,15 @@ def write_evolution_series(
                 "shape": list(state.labels.shape), "classes": list(PHASES), "seed": int(seed),
                 "parameters": {"evolution": _jsonable(evo), "microstructure": _jsonable(micro),
                                "imaging": _jsonable(imaging)}}
-        _write_text(out / f"{name}.json", json.dumps(meta, indent=1) + "\n")
+        write_text(out / f"{name}.json", json.dumps(meta, indent=1) + "\n")
         rows.append(row)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out / "manifest.yaml", f"# evolution series, simulated in {time.perf_counter() - start:.1f} s\n"
+    write_text(out / "manifest.yaml", f"# evolution series, simulated in {time.perf_counter() - start:.1f} s\n"
                 + yaml.safe_dump({"states": rows}, sort_keys=False))
-    _write_text(out / "manifest.csv", buffer.getvalue())
+    write_text(out / "manifest.csv", buffer.getvalue())
     return out / "manifest.csv"
 
 

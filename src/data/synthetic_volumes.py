@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from src.data.imaging import ImagingConfig, simulate_tomography
-from src.data.io import write_tiff
+from src.data.io import write_json, write_tiff
 from src.data.synthetic import (
     PHASES,
     MicrostructureConfig,
@@ -56,16 +56,6 @@ def _jsonable(obj: Any) -> Any:
 
 def _params(seed: int, micro: MicrostructureConfig, imaging: ImagingConfig) -> dict[str, Any]:
     return {"seed": int(seed), "microstructure": _jsonable(micro), "imaging": _jsonable(imaging)}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def make_synthetic_volume(
@@ -113,7 +103,7 @@ def make_synthetic_volume(
         "generation_time_s": round(elapsed, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(paths["meta"], meta)
+    write_json(paths["meta"], meta)
     return paths
 
 
