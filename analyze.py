@@ -14,28 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.morphology import check_labels, check_voxel_size, compute_statistics, remap_labels
+from src.analysis.morphology import check_voxel_size, compute_statistics, load_label_volume
 from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
-from src.data.io import list_images, read_image
+from src.data.io import list_images
 
 log = logging.getLogger("analyze")
-
-
-def load_labels(path: Path, class_names: list[str], label_values: list[int] | None) -> np.ndarray:
-    """Read a (z, y, x) label volume and return phase indices (uint8); errors name the file."""
-    volume = read_image(path)  # memory-mapped where the format allows
-    if volume.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D (z, y, x) label volume, got shape {volume.shape}")
-    if label_values is not None:
-        if len(label_values) != len(class_names):
-            raise ValueError(f"label_values {label_values} must give one value per class in "
-                             f"{class_names}")
-        volume = remap_labels(volume, label_values, source=str(path))
-    return check_labels(volume, class_names, source=str(path))
 
 
 def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
@@ -50,10 +36,10 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     if len(set(names)) != len(names):
         raise ValueError(f"volumes {cfg.volumes!r} give duplicate names {names}; rename them")
     for path in paths:  # check every input before computing or writing anything
-        load_labels(path, class_names, label_values)
+        load_label_volume(path, class_names, label_values)
     results: dict[str, dict[str, Any]] = {}
     for path, name in zip(paths, names, strict=True):
-        labels = load_labels(path, class_names, label_values)
+        labels = load_label_volume(path, class_names, label_values)
         log.info("analysing %s %s", path, labels.shape)
         stats = compute_statistics(labels, class_names, voxel_nm, progress=lambda k: log.info("  %s", k),
                                    **options)

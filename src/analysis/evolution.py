@@ -46,10 +46,9 @@ import numpy as np
 
 from src.analysis.morphology import (
     QUANTILES,
-    check_labels,
     check_voxel_size,
     compute_statistics,
-    remap_labels,
+    load_label_volume,
 )
 from src.analysis.particles import separate_particles, weighted_quantiles
 from src.analysis.registration import common_crop, register_series, track_particles
@@ -58,10 +57,10 @@ from src.analysis.statistics_table import (
     units,
     write_csv_atomic,
 )
-from src.data.io import atomic_output, read_image, write_json
+from src.data.io import atomic_output, write_json
 
 __all__ = ["ManifestEntry", "StateAnalysis", "analyse_state", "block_slices", "bootstrap_intervals",
-           "compare_states", "load_labels", "particle_summary", "read_manifest", "run_evolution",
+           "compare_states", "particle_summary", "read_manifest", "run_evolution",
            "write_outputs"]
 
 log = logging.getLogger(__name__)
@@ -176,23 +175,6 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestEntry]:
         raise ValueError(f"manifest {path}: duplicate state names {duplicates}; give each row a "
                          "unique 'name'")
     return entries
-
-
-def load_labels(
-    path: Path, class_names: Sequence[str], label_values: Sequence[int] | None = None,
-    source: str | None = None,
-) -> np.ndarray:
-    """Read a (z, y, x) label volume as phase indices (uint8); errors name ``source``/the file."""
-    source = source or str(path)
-    volume = np.asarray(read_image(path))
-    if volume.ndim != 3:
-        raise ValueError(f"{source}: expected a 3D (z, y, x) label volume, got shape {volume.shape}")
-    if label_values is not None:
-        if len(label_values) != len(class_names):
-            raise ValueError(f"label_values {list(label_values)} must give one value per class "
-                             f"in {list(class_names)}")
-        volume = remap_labels(volume, label_values, source=source)
-    return check_labels(volume, class_names, source=source)
 
 
 # --------------------------------------------------------------------------- per state
@@ -518,7 +500,7 @@ def run_evolution(
             raise ValueError(f"state {e.name} (manifest row {e.row}): no voxel size; give "
                              "voxel_size_nm=... or a 'voxel_size_nm' column in the manifest")
         voxels.append(check_voxel_size(value))
-    volumes = [load_labels(e.path, class_names, label_values,
+    volumes = [load_label_volume(e.path, class_names, label_values,
                            source=f"{e.path} (manifest row {e.row})") for e in entries]
     shapes = [v.shape for v in volumes]
     same_grid = len(set(shapes)) == 1 and len(set(voxels)) == 1

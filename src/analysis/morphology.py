@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
 from src.analysis.surfaces import SURFACE_SIGMA, phase_surface
 from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_factor
+from src.data.io import read_image
 
 __all__ = ["check_labels", "check_voxel_size", "compute_statistics", "local_thickness",
            "particle_statistics", "remap_labels", "surface_statistics", "volume_fractions"]
@@ -283,3 +285,20 @@ def compute_statistics(
             for name in tort_phases})
     stats["timings_s"] = timings
     return stats
+
+
+def load_label_volume(
+    path: Path, class_names: Sequence[str], label_values: Sequence[int] | None = None,
+    source: str | None = None,
+) -> np.ndarray:
+    """Read a (z, y, x) label volume as phase indices (uint8); errors name ``source``/the file."""
+    source = source or str(path)
+    volume = read_image(path)  # memory-mapped where the format allows
+    if volume.ndim != 3:
+        raise ValueError(f"{source}: expected a 3D (z, y, x) label volume, got shape {volume.shape}")
+    if label_values is not None:
+        if len(label_values) != len(class_names):
+            raise ValueError(f"label_values {list(label_values)} must give one value per class "
+                             f"in {list(class_names)}")
+        volume = remap_labels(volume, label_values, source=source)
+    return check_labels(volume, class_names, source=source)

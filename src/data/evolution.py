@@ -54,7 +54,7 @@ from scipy import ndimage
 
 from src.analysis.particles import distance_transform, separate_particles
 from src.data.imaging import ImagingConfig, simulate_tomography
-from src.data.io import write_text, write_tiff
+from src.data.io import to_jsonable, write_text, write_tiff
 from src.data.synthetic import (
     PHASES,
     MicrostructureConfig,
@@ -318,18 +318,6 @@ def simulate_evolution(
     return states
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def write_evolution_series(
     out_dir: str | os.PathLike[str],
     micro: MicrostructureConfig,
@@ -361,8 +349,8 @@ def write_evolution_series(
             row["image"] = f"{name}_image.tif"
         meta = {"name": name, **state.truth, "voxel_size_nm": micro.voxel_size_nm,
                 "shape": list(state.labels.shape), "classes": list(PHASES), "seed": int(seed),
-                "parameters": {"evolution": _jsonable(evo), "microstructure": _jsonable(micro),
-                               "imaging": _jsonable(imaging)}}
+                "parameters": {"evolution": to_jsonable(evo), "microstructure": to_jsonable(micro),
+                               "imaging": to_jsonable(imaging)}}
         write_text(out / f"{name}.json", json.dumps(meta, indent=1) + "\n")
         rows.append(row)
     buffer = io.StringIO()

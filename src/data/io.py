@@ -298,3 +298,18 @@ def validate_image(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         hi = s_hi if hi is None else max(hi, s_hi)
     if lo == hi:
         raise ValueError(f"{path}: image is constant (all values equal {lo!r})")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples and numpy scalars → plain JSON types (tuples become lists)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from src.data.imaging import ImagingConfig, simulate_tomography
-from src.data.io import write_json, write_tiff
+from src.data.io import to_jsonable, write_json, write_tiff
 from src.data.synthetic import (
     PHASES,
     MicrostructureConfig,
@@ -41,21 +41,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _jsonable(obj: Any) -> Any:
-    """Dataclass / tuple / numpy scalars -> plain JSON types (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def _params(seed: int, micro: MicrostructureConfig, imaging: ImagingConfig) -> dict[str, Any]:
-    return {"seed": int(seed), "microstructure": _jsonable(micro), "imaging": _jsonable(imaging)}
+    return {"seed": int(seed), "microstructure": to_jsonable(micro), "imaging": to_jsonable(imaging)}
 
 
 def make_synthetic_volume(
