@@ -22,10 +22,10 @@ from src.analysis.metrics import confusion_matrix, format_table, scores_from_con
 from src.analysis.morphology import compute_statistics
 from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
-from src.data.io import write_json, write_tiff
+from src.data.io import write_json, write_text, write_tiff
 from src.data.sources import load_pair, pair_images_labels, pair_key
 from src.data.transforms import normalize_percentile
-from src.models.checkpoint import load_segmentation_checkpoint
+from src.models.checkpoint import checkpoint_kind, load_segmentation_checkpoint
 from src.prediction import SlidingWindowPredictor
 from src.visualize import save_panel_png
 
@@ -54,7 +54,51 @@ def resolve_device(name: str) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    """Score the checkpoint: segmentation (images → segmentations, metrics) or reconstruction
+    (comparison table on held-out slices); return the metrics."""
+    if checkpoint_kind(cfg.ckpt_path) == "reconstruction":
+        return evaluate_reconstruction(cfg)
+    return evaluate_segmentation(cfg)
+
+
+def evaluate_reconstruction(cfg: DictConfig) -> dict:
+    """FBP / SIRT / TV and the learned checkpoint(s) on the held-out slices of the checkpoint's
+    data; prints the table and writes ``recon_metrics.csv``, ``.md`` and ``.json``."""
+    from src.data.sinograms import SinogramDataModule
+    from src.models.reconstruction_module import load_reconstruction_checkpoint
+    from src.recon.evaluation import (
+        DISPLAY_NAMES,
+        compare_on_held_out,
+        format_recon_table,
+        write_recon_table,
+    )
+
+    paths = [Path(cfg.ckpt_path), *(Path(p) for p in cfg.compare_ckpts)]
+    learned, data = {}, None
+    for path in paths:  # load and check every checkpoint before computing anything
+        module, data_hparams = load_reconstruction_checkpoint(path)
+        geometry = {k: data_hparams.get(k) for k in ("image_size", "n_angles")}
+        if data is not None and geometry != {k: data.get(k) for k in geometry}:
+            raise ValueError(f"checkpoint {path} was trained for {geometry}, but {paths[0]} for "
+                             f"{ {k: data.get(k) for k in geometry} }: compare checkpoints of one geometry")
+        data = data or data_hparams
+        name = DISPLAY_NAMES.get(module.hparams.get("name"), module.hparams.get("name", path.stem))
+        learned[name if name not in learned else f"{name} ({path.parent.parent.name})"] = module
+    rows = compare_on_held_out(SinogramDataModule(**data), learned, cfg.recon.sirt_iter, cfg.recon.tv_iter)
+    table = format_recon_table(rows)
+    out_dir = Path(cfg.output_dir)
+    write_recon_table(rows, out_dir / "recon_metrics.csv")
+    write_text(out_dir / "recon_metrics.md", table + "\n")
+    report = {"checkpoints": [str(p.resolve()) for p in paths], "data": data, "rows": rows}
+    write_json(out_dir / "recon_metrics.json", report)
+    print(table)
+    return report
+
+
+def evaluate_segmentation(cfg: DictConfig) -> dict:
     """Predict every image, write segmentations (and metrics when labelled); return the metrics."""
+    if cfg.images is None:
+        raise ValueError("images=... is required for a segmentation checkpoint (files, folder or glob)")
     module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
     class_names = list(module.class_names)
     pairs = pair_images_labels(cfg.images, cfg.labels)

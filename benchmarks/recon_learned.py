@@ -27,14 +27,13 @@ from src.config import CONFIG_DIR, setup_config_env  # noqa: E402
 from src.data.sinograms import SinogramDataModule  # noqa: E402
 from src.models.reconstruction_module import load_reconstruction_checkpoint  # noqa: E402
 from src.recon.evaluation import (  # noqa: E402
-    compare_methods,
+    DISPLAY_NAMES,
+    compare_on_held_out,
     format_recon_table,
-    psnr,
     write_recon_table,
 )
-from src.recon.iterative import operator_norm, sirt, tv_pdhg  # noqa: E402
 
-NAMES = {"fbpconvnet": "FBPConvNet", "lgd": "LGD", "lpd": "LPD"}
+NAMES = DISPLAY_NAMES
 
 
 def compose(overrides: list[str]):
@@ -111,36 +110,17 @@ def main() -> None:
 
     cfg = compose(["model=lpd", *data_overrides(a)])
     dm: SinogramDataModule = instantiate(cfg.data)
-    dm.setup()
-    sino, img = dm.held_out()
-    op = dm.projector
-    # TV weight picked on training slices (never the held-out ones)
-    tr_sino, tr_img = dm.train_set.sinograms[:8], dm.train_set.images[:8, None]
-    norm = operator_norm(op, with_gradient=True, dtype=torch.float32) * 1.01
-    lams = [0.3, 1.0, 3.0, 10.0]
-    scores = [float(psnr(tv_pdhg(tr_sino, op, lam, a.tv_iter, norm=norm)[:, None], tr_img).mean())
-              for lam in lams]
-    lam = lams[max(range(len(lams)), key=scores.__getitem__)]
-
-    methods = {
-        "FBP": dm.fbp,
-        "FBP (Hann)": lambda s: dm.fbp(s, "hann"),
-        f"SIRT ({a.sirt_iter} it.)": lambda s: sirt(s[:, 0], op, a.sirt_iter, nonneg=True)[:, None],
-        f"TV (lam {lam:g})": lambda s: tv_pdhg(s[:, 0], op, lam, a.tv_iter, norm=norm)[:, None],
-    }
-    budget = {}
+    learned, budget = {}, {}
     for label, (path, seconds) in trained.items():
-        module, _ = load_reconstruction_checkpoint(path)
-        module.net.set_projector(op)  # same geometry: share the cached weights
-        methods[NAMES.get(label, label)] = module
+        learned[NAMES.get(label, label)] = load_reconstruction_checkpoint(path)[0]
         budget[NAMES.get(label, label)] = seconds
-    rows = compare_methods(methods, sino, img, data_range=1.0)
+    rows = compare_on_held_out(dm, learned, a.sirt_iter, a.tv_iter)
     for r in rows:
         seconds = budget.get(str(r["method"]))
         r["train_s"] = float("nan") if seconds is None else seconds
     table = format_recon_table(rows)
     photons = "noiseless" if a.photons is None else f"{a.photons:g} photons"
-    head = (f"held-out: {len(img)} slices {a.image_size}^2 (ellipse fraction "
+    head = (f"held-out: {a.val_samples} slices {a.image_size}^2 (ellipse fraction "
             f"{a.val_ellipse_fraction}), {a.n_angles} angles, {photons}; training "
             f"{a.train_samples} slices; training time per net in the last column "
             f"(evaluation on {torch.get_num_threads()} CPU thread(s))")

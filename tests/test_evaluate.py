@@ -167,7 +167,7 @@ def test_checkpoint_that_is_not_ours(tiny_data, tmp_path, sentinel):
     import evaluate
 
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(CheckpointError, match="not a segmentation checkpoint"):
+    with pytest.raises(CheckpointError, match="not a segmentation or reconstruction checkpoint"):
         evaluate.evaluate(eval_cfg(tmp_path / "other.ckpt", f"{tiny_data}/2d/0.tif", None, sentinel))
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):

@@ -51,3 +51,31 @@ def load_segmentation_checkpoint(
         raise CheckpointError(f"checkpoint {path}: weights do not fit model '{name}' ({target}): {err}") from err
     module.eval()
     return module, dict(ckpt.get("datamodule_hyper_parameters", {}))
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"segmentation"`` or ``"reconstruction"``, from the network the checkpoint stores.
+
+    Raises :class:`CheckpointError` for a missing or unreadable file or an unknown kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    net = hparams.get("net") if isinstance(hparams, dict) else None
+    target = net.get("_target_", "") if isinstance(net, dict) else ""
+    if target.startswith("src.models.recon_nets."):
+        return "reconstruction"
+    if "class_names" in hparams:
+        return "segmentation"
+    raise CheckpointError(
+        f"checkpoint {path} is not a segmentation or reconstruction checkpoint of this project "
+        "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
+    )

@@ -17,10 +17,15 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-__all__ = ["compare_methods", "format_recon_table", "psnr", "recon_metrics", "rel_error", "ssim",
-           "write_recon_table"]
+from src.data.io import atomic_output
+
+__all__ = ["compare_methods", "compare_on_held_out", "format_recon_table", "psnr", "recon_metrics",
+           "rel_error", "ssim", "write_recon_table"]
 
 Method = Callable[[Tensor], Tensor]
+
+#: table names of the learned models (by their config name)
+DISPLAY_NAMES = {"fbpconvnet": "FBPConvNet", "lgd": "LGD", "lpd": "LPD"}
 
 
 def _b1hw(x: Tensor) -> Tensor:
@@ -129,12 +134,45 @@ def format_recon_table(rows: Sequence[Mapping[str, float | str]], reference: str
 def write_recon_table(rows: Sequence[Mapping[str, float | str]], path: str | Path) -> Path:
     """Write :func:`compare_methods` rows as CSV (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float | np.floating) else v)
                              for k, v in r.items()})
     return path
+
+
+def compare_on_held_out(
+    datamodule,
+    learned: Mapping[str, torch.nn.Module],
+    sirt_iter: int = 100,
+    tv_iter: int = 300,
+    tv_lams: Sequence[float] = (0.3, 1.0, 3.0, 10.0),
+) -> list[dict[str, float | str]]:
+    """FBP (ramp, Hann), SIRT, TV (PDHG) and the ``learned`` modules on the held-out slices of a
+    :class:`~src.data.sinograms.SinogramDataModule`; rows of :func:`compare_methods`.
+
+    The TV weight is chosen among ``tv_lams`` on 8 training slices (never the held-out ones).
+    Learned modules get the datamodule's projector (same geometry, shared weights).
+    """
+    from src.recon.iterative import operator_norm, sirt, tv_pdhg
+
+    datamodule.setup()
+    sino, img = datamodule.held_out()
+    op = datamodule.projector
+    tr_sino, tr_img = datamodule.train_set.sinograms[:8], datamodule.train_set.images[:8, None]
+    norm = operator_norm(op, with_gradient=True, dtype=torch.float32) * 1.01
+    scores = [float(psnr(tv_pdhg(tr_sino, op, lam, tv_iter, norm=norm)[:, None], tr_img).mean()) for lam in tv_lams]
+    lam = tv_lams[int(np.argmax(scores))]
+    methods: dict[str, Method] = {
+        "FBP": datamodule.fbp,
+        "FBP (Hann)": lambda s: datamodule.fbp(s, "hann"),
+        f"SIRT ({sirt_iter} it.)": lambda s: sirt(s[:, 0], op, sirt_iter, nonneg=True)[:, None],
+        f"TV (lam {lam:g})": lambda s: tv_pdhg(s[:, 0], op, lam, tv_iter, norm=norm)[:, None],
+    }
+    for name, module in learned.items():
+        module.net.set_projector(op)
+        methods[name] = module
+    return compare_methods(methods, sino, img, data_range=1.0)
