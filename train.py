@@ -43,9 +43,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best:
+    if best and trainer.is_global_zero:
         log.info("best checkpoint: %s (%s = %.4f)", best, cfg.optimized_metric,
                  float(trainer.checkpoint_callback.best_model_score))
+    if best:
         metrics[cfg.optimized_metric] = float(trainer.checkpoint_callback.best_model_score)
     return metrics
 
