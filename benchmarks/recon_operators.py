@@ -1,11 +1,11 @@
 """Benchmark: our torch operator vs ASTRA 2D CPU, same run, same phantom and geometry.
 
-For each slice size: a batch of Shepp-Logan slices, 180 angles over [0, pi). Times forward
+For each geometry (slice size and number of angles over [0, pi)): a batch of Shepp-Logan slices. Times forward
 projection, adjoint, FBP (ramp) and SIRT (50 iterations) per slice (median of ``--repeat``
 runs), the ratio ASTRA / ours (> 1: ours faster) and the quality (PSNR vs the phantom, data range
 of the phantom). Our one-off cost of building the sparse weights is reported separately.
 
-    python benchmarks/recon.py [--sizes 128 256] [--slices 64] [--sirt-slices 8] [--repeat 3]
+    python benchmarks/recon_operators.py [--geometries 256:180 512:360] [--slices 64] [--sirt-slices 8] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _bench_size(n: int, args: argparse.Namespace, theta: np.ndarray, has_astra: bool) -> None:
-    """Print the table rows for ``n x n`` slices."""
+    """Print the table rows for ``n x n`` slices at the angles ``theta``."""
     ph = _phantoms(n, args.slices)
     op = ParallelBeamProjector((n, n), theta)
     t0 = time.perf_counter()
@@ -79,30 +79,31 @@ def _bench_size(n: int, args: argparse.Namespace, theta: np.ndarray, has_astra: 
         ratio = f"{ta / t:6.2f}" if ta is not None else f"{'-':>6}"
         qo = f"{q:10.2f}" if q is not None else f"{'':>10}"
         qa_s = f"{qa:11.2f}" if qa is not None else f"{'':>11}"
-        print(f"{n:>6} {name:>8} {count:>6} {ours_ms:11.2f} {astra_ms} {ratio} {qo} {qa_s}")
-    print(f"{n:>6} {'setup':>8} {'-':>6} {1e3 * setup:11.0f}   (ours: sparse weights, "
+        print(f"{n:>4}/{len(theta):<4} {name:>8} {count:>6} {ours_ms:11.2f} {astra_ms} {ratio} {qo} {qa_s}")
+    print(f"{n:>4}/{len(theta):<4} {'setup':>8} {'-':>6} {1e3 * setup:11.0f}   (ours: sparse weights, "
           f"{op.cache_bytes() / 2**20:.0f} MiB cached, once per geometry)")
 
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--geometries", nargs="+", default=["256:180", "512:360"],
+                        help="SIZE:ANGLES pairs, e.g. 256:180 512:360")
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--sirt-slices", type=int, default=8, help="slices timed for SIRT")
-    parser.add_argument("--angles", type=int, default=180)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     has_astra = astra_available()
-    theta = np.linspace(0, np.pi, args.angles, endpoint=False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
           f"ASTRA {'2D CPU' if has_astra else 'not installed'}")
-    header = (f"{'size':>6} {'op':>8} {'slices':>6} {'ours ms/sl':>11} {'astra ms/sl':>12} "
+    header = (f"{'size/angles':>9} {'op':>8} {'slices':>6} {'ours ms/sl':>11} {'astra ms/sl':>12} "
               f"{'ratio':>6} {'PSNR ours':>10} {'PSNR astra':>11}")
     print(header)
     print("-" * len(header))
-    for n in args.sizes:
-        _bench_size(n, args, theta, has_astra)
+    for geometry in args.geometries:
+        n, n_angles = (int(v) for v in geometry.split(":"))
+        _bench_size(n, args, np.linspace(0, np.pi, n_angles, endpoint=False), has_astra)
+
 
 if __name__ == "__main__":
     main()
