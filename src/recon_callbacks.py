@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +9,9 @@ import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+from src.data.io import atomic_output
+from src.visualize import hstack_tiles
 
 __all__ = ["ReconstructionPanelLogger", "recon_panel_rgb", "save_recon_panel_png"]
 
@@ -30,11 +31,7 @@ def recon_panel_rgb(truth: np.ndarray, fbp: np.ndarray, recon: np.ndarray, gap: 
     err = np.abs(recon - truth)
     tiles = [_grey(truth, lo, hi), _grey(fbp, lo, hi), _grey(recon, lo, hi),
              _grey(2.0 * err, 0.0, hi - lo)]
-    spacer = np.full((truth.shape[0], gap, 3), 255, np.uint8)
-    out = [tiles[0]]
-    for t in tiles[1:]:
-        out += [spacer, t]
-    return np.concatenate(out, axis=1)
+    return hstack_tiles(tiles, gap)
 
 
 def save_recon_panel_png(
@@ -67,16 +64,11 @@ def save_recon_panel_png(
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

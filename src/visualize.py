@@ -28,14 +28,19 @@ def grey_to_rgb(image: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> n
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def panel_rgb(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Side by side (H, W) grey, truth (if any) and prediction → (H, n*W + gaps, 3) uint8."""
-    tiles = [grey_to_rgb(image)] + ([colorize_labels(truth)] if truth is not None else []) + [colorize_labels(pred)]
-    spacer = np.full((image.shape[0], gap, 3), 255, np.uint8)
+def hstack_tiles(tiles: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """(H, W, 3) uint8 tiles side by side with white gaps → (H, n*W + gaps, 3)."""
+    spacer = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
     out = [tiles[0]]
     for t in tiles[1:]:
         out += [spacer, t]
     return np.concatenate(out, axis=1)
+
+
+def panel_rgb(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Side by side (H, W) grey, truth (if any) and prediction → (H, n*W + gaps, 3) uint8."""
+    tiles = [grey_to_rgb(image)] + ([colorize_labels(truth)] if truth is not None else []) + [colorize_labels(pred)]
+    return hstack_tiles(tiles, gap)
 
 
 def save_panel_png(
