@@ -117,6 +117,7 @@ def evaluate_segmentation(cfg: DictConfig) -> dict:
         overlap=cfg.overlap if cfg.overlap is not None else inference.get("overlap", 0.25),
         sw_batch_size=cfg.sw_batch_size or inference.get("sw_batch_size", 8),
         mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=resolve_device(cfg.device),
+        tta=cfg.tta, slice_axes=list(cfg.slice_axes),
     )
     stats_options = OmegaConf.to_container(cfg.statistics, resolve=True)
     norm = data_hparams.get("normalize") or {"lower": 0.5, "upper": 99.5}
@@ -132,7 +133,7 @@ def evaluate_segmentation(cfg: DictConfig) -> dict:
         seg = predictor.predict(normalize_percentile(image, norm["lower"], norm["upper"]), on_probs, cfg.progress)
         write_tiff(out_dir / f"{name}_seg.tif", seg)
         if probs_parts:
-            axis = 1 if image.ndim == 3 and module.spatial_dims == 2 else 0
+            axis = 1 if image.ndim == 3 and module.spatial_dims == 2 and len(probs_parts) > 1 else 0
             probs = probs_parts[0] if len(probs_parts) == 1 else np.concatenate(probs_parts, axis=axis)
             write_tiff(out_dir / f"{name}_probs.tif", probs.astype(np.float32))
         if cfg.panels:

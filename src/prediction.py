@@ -7,7 +7,7 @@ multiple and cropped back, so any shape works.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ class SlidingWindowPredictor:
         mode: MONAI blend mode, ``gaussian`` (default) or ``constant``.
         slice_batch: 2D nets on volumes: slices processed together.
         device: torch device for the net.
+        tta: test-time augmentation: average the probabilities over the 8 flips/90° rotations
+            of each slice (2D nets) or the 8 axis flips of each volume (3D nets).
+        slice_axes: 2D nets on volumes: the axes slices are taken along; several axes
+            (e.g. ``(0, 1, 2)``, the orthogonal-plane ensemble) average their probabilities.
     """
 
     def __init__(
@@ -58,9 +62,13 @@ class SlidingWindowPredictor:
         mode: str = "gaussian",
         slice_batch: int = 16,
         device: str | torch.device = "cpu",
+        tta: bool = False,
+        slice_axes: Sequence[int] = (0,),
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if not slice_axes or any(a not in (0, 1, 2) for a in slice_axes):
+            raise ValueError(f"slice_axes must be a non-empty subset of (0, 1, 2), got {list(slice_axes)}")
         if roi_size % size_multiple:
             roi_size = max(size_multiple, roi_size // size_multiple * size_multiple)
         self.device = torch.device(device)
@@ -72,6 +80,31 @@ class SlidingWindowPredictor:
         self.sw_batch_size = sw_batch_size
         self.mode = mode
         self.slice_batch = slice_batch
+        self.tta = tta
+        self.slice_axes = tuple(dict.fromkeys(int(a) for a in slice_axes))
+
+    def _transforms(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
+        """(forward, inverse) pairs on (B, C, *spatial) tensors: identity, or the TTA group."""
+        if not self.tta:
+            return [(lambda t: t, lambda t: t)]
+        if self.spatial_dims == 2:  # dihedral group of the square: 4 rotations x optional flip
+            pairs = []
+            for k in range(4):
+                for flip in (False, True):
+                    def fwd(t, k=k, flip=flip):
+                        t = torch.rot90(t, k, dims=(-2, -1))
+                        return torch.flip(t, dims=(-1,)) if flip else t
+
+                    def inv(t, k=k, flip=flip):
+                        t = torch.flip(t, dims=(-1,)) if flip else t
+                        return torch.rot90(t, -k, dims=(-2, -1))
+
+                    pairs.append((fwd, inv))
+            return pairs
+        combos = [tuple(d for d, on in zip((-3, -2, -1), bits, strict=True) if on)
+                  for bits in np.ndindex(2, 2, 2)]
+        return [((lambda t, d=d: torch.flip(t, d) if d else t), (lambda t, d=d: torch.flip(t, d) if d else t))
+                for d in combos]
 
     def _softmax_net(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=1)
@@ -81,11 +114,17 @@ class SlidingWindowPredictor:
         """(B, 1, *spatial) float → (B, C, *spatial) probabilities on the CPU."""
         spatial = x.shape[2:]
         x, _ = _pad_to_multiple(x.to(self.device), self.size_multiple, self.spatial_dims)
-        roi = [min(self.roi_size, s) for s in x.shape[2:]]
-        probs = sliding_window_inference(
-            x, roi, self.sw_batch_size, self._softmax_net, overlap=self.overlap, mode=self.mode,
-            progress=False,
-        )
+        transforms = self._transforms()
+        probs = None
+        for fwd, inv in transforms:
+            xt = fwd(x)
+            roi = [min(self.roi_size, s) for s in xt.shape[2:]]
+            p = inv(sliding_window_inference(
+                xt, roi, self.sw_batch_size, self._softmax_net, overlap=self.overlap, mode=self.mode,
+                progress=False,
+            ))
+            probs = p if probs is None else probs + p
+        probs = probs / len(transforms)
         crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)
         return probs[crop].float().cpu()
 
@@ -106,6 +145,11 @@ class SlidingWindowPredictor:
             if on_probabilities is not None:
                 on_probabilities(slice(None), probs)
             return probs.argmax(0).astype(np.uint8)
+        if self.slice_axes != (0,):
+            probs = self._orthogonal_probabilities(image, progress)
+            if on_probabilities is not None:
+                on_probabilities(slice(None), probs)
+            return probs.argmax(0).astype(np.uint8)
         labels = np.empty(image.shape, np.uint8)
         starts = range(0, image.shape[0], self.slice_batch)
         for z0 in tqdm(starts, desc="predict", unit="chunk", disable=not progress):
@@ -116,3 +160,21 @@ class SlidingWindowPredictor:
             if on_probabilities is not None:
                 on_probabilities(z, probs.transpose(1, 0, 2, 3))
         return labels
+
+    def _orthogonal_probabilities(self, image: np.ndarray, progress: bool) -> np.ndarray:
+        """(C, z, y, x) probabilities of a 2D net averaged over slices along ``slice_axes``."""
+        total: np.ndarray | None = None
+        for axis in self.slice_axes:
+            moved = np.moveaxis(image, axis, 0)
+            part: np.ndarray | None = None
+            starts = range(0, moved.shape[0], self.slice_batch)
+            for s0 in tqdm(starts, desc=f"predict axis {axis}", unit="chunk", disable=not progress):
+                sl = slice(s0, min(s0 + self.slice_batch, moved.shape[0]))
+                x = torch.from_numpy(np.ascontiguousarray(moved[sl], dtype=np.float32))[:, None]
+                probs = self._predict_batch(x).numpy()  # (b, C, ...)
+                if part is None:
+                    part = np.empty((probs.shape[1], *moved.shape), np.float32)
+                part[:, sl] = probs.transpose(1, 0, 2, 3)
+            part = np.moveaxis(part, 1, axis + 1)
+            total = part if total is None else total + part
+        return total / len(self.slice_axes)

@@ -212,3 +212,15 @@ def test_evaluate_with_3d_statistics(checkpoint, tiny_data, tmp_path):
         evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/3d/vol0_image.tif", None, tmp_path / "b", *fast))
     with pytest.raises(ValueError, match="stats=true needs 3D"):
         evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/2d/0.tif", None, tmp_path / "c", "voxel_size_nm=40", *fast))
+
+
+def test_evaluate_with_tta_and_orthogonal_planes(checkpoint, tiny_data, tmp_path):
+    import evaluate
+
+    evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/3d/vol0_image.tif", f"{tiny_data}/3d/vol0_label.tif",
+                               tmp_path, "save_probabilities=true", "tta=true", "slice_axes=[0,1,2]"))
+    seg = tifffile.imread(tmp_path / "vol0_seg.tif")
+    probs = tifffile.imread(tmp_path / "vol0_probs.tif")
+    assert probs.shape == (3, 40, 48, 48)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(probs.argmax(0), seg)
