@@ -45,3 +45,26 @@ def test_multi_otsu_maps_intensity_classes_to_named_phases():
     assert np.mean(seg == truth) > 0.99
     with pytest.raises(ValueError, match="must order all of class_names"):
         multi_otsu_segment(image, ["NMC", "CBD", "pore"], ("pore", "NMC"))
+
+
+def test_kmeans_and_random_forest_baselines():
+    from scipy import ndimage
+
+    from src.analysis.baselines import RandomForestSegmenter, filter_features, kmeans_segment
+    from tests.conftest import blob_labels
+
+    rng = np.random.default_rng(1)
+    truth = blob_labels((64, 64), seed=5)
+    image = np.array([2.0, 1.0, 0.0], np.float32)[truth] + rng.normal(0, 0.1, truth.shape).astype(np.float32)
+    seg = kmeans_segment(image, ["NMC", "CBD", "pore"], ("pore", "CBD", "NMC"), sigma=0)
+    assert np.mean(seg == truth) > 0.95
+    assert filter_features(image, sigmas=(1.0, 2.0)).shape == (64, 64, 13)
+    # a texture the grey level alone cannot separate: class 1 is noisy, class 0 smooth, same mean
+    tex = np.where(truth == 1, rng.normal(1.0, 0.5, truth.shape), ndimage.gaussian_filter(np.ones_like(image), 1.0))
+    tex = np.where(truth == 2, 0.0, tex).astype(np.float32)
+    forest = RandomForestSegmenter(n_estimators=20, samples_per_class=500, sigmas=(1.0, 2.0)).fit([tex], [truth])
+    test_truth = blob_labels((64, 64), seed=6)
+    test = np.where(test_truth == 1, rng.normal(1.0, 0.5, test_truth.shape), 1.0)
+    test = np.where(test_truth == 2, 0.0, test).astype(np.float32)
+    assert np.mean(forest.predict(test) == test_truth) > 0.8
+    assert forest.predict(np.stack([test, test])).shape == (2, 64, 64)
