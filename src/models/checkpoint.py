@@ -14,6 +14,24 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or not the model that was asked for."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``path``; :class:`CheckpointError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a Lightning checkpoint")
+    return ckpt
+
+
 def load_segmentation_checkpoint(
     path: str | Path, expected_model: str | None = None, map_location: str = "cpu"
 ) -> tuple[SegmentationModule, dict[str, Any]]:
@@ -25,13 +43,8 @@ def load_segmentation_checkpoint(
     as ``lrcsnet``), or its weights do not fit the stored network.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path, map_location)
+    hparams = ckpt.get("hyper_parameters", {})
     if "state_dict" not in ckpt or "net" not in hparams or "class_names" not in hparams:
         raise CheckpointError(
             f"checkpoint {path} is not a segmentation checkpoint of this project "
@@ -59,16 +72,7 @@ def checkpoint_kind(path: str | Path) -> str:
     Raises :class:`CheckpointError` for a missing or unreadable file or an unknown kind.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    hparams = read_checkpoint(path).get("hyper_parameters", {})
     net = hparams.get("net") if isinstance(hparams, dict) else None
     target = net.get("_target_", "") if isinstance(net, dict) else ""
     if target.startswith("src.models.recon_nets."):

@@ -127,14 +127,11 @@ def load_reconstruction_checkpoint(
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a
     reconstruction checkpoint of this project or whose weights do not fit.
     """
+    from src.models.checkpoint import read_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path, map_location)
+    hparams = ckpt.get("hyper_parameters", {})
     net_cfg = hparams.get("net")
     target = net_cfg.get("_target_", "") if isinstance(net_cfg, dict) else ""
     if "state_dict" not in ckpt or not target.startswith("src.models.recon_nets."):

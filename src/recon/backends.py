@@ -100,21 +100,28 @@ def astra_project(
         images = images[None]
     n_det = images.shape[-1] if n_det is None else int(n_det)
     with _AstraGeometry(images.shape[1:], theta, n_det, center, projector_type) as g:
-        astra = g.astra
-        out = np.empty((images.shape[0], *g.sino_shape), dtype=np.float32)
-        vol = astra.data2d.create("-vol", g.vol_geom)
-        sino = astra.data2d.create("-sino", g.proj_geom)
-        cfg = astra.astra_dict("FP")
-        cfg.update(ProjectorId=g.projector, VolumeDataId=vol, ProjectionDataId=sino)
-        alg = astra.algorithm.create(cfg)
-        try:
-            for b, img in enumerate(images):
-                astra.data2d.store(vol, img)
-                astra.algorithm.run(alg)
-                out[b] = astra.data2d.get_shared(sino)
-        finally:
-            astra.algorithm.delete(alg)
-            astra.data2d.delete([vol, sino])
+        return _run_per_slice(g, "FP", images, forward=True)
+
+
+def _run_per_slice(g: _AstraGeometry, algorithm: str, inputs: np.ndarray, forward: bool) -> np.ndarray:
+    """Run ASTRA's ``FP`` (images → sinograms) or ``BP`` (sinograms → images) slice by slice."""
+    astra = g.astra
+    out = np.empty((inputs.shape[0], *(g.sino_shape if forward else g.image_shape)), dtype=np.float32)
+    vol = astra.data2d.create("-vol", g.vol_geom)
+    sino = astra.data2d.create("-sino", g.proj_geom)
+    cfg = astra.astra_dict(algorithm)
+    cfg.update({"ProjectorId": g.projector, "ProjectionDataId": sino,
+                ("VolumeDataId" if forward else "ReconstructionDataId"): vol})
+    alg = astra.algorithm.create(cfg)
+    source, target = (vol, sino) if forward else (sino, vol)
+    try:
+        for b, x in enumerate(inputs):
+            astra.data2d.store(source, x)
+            astra.algorithm.run(alg)
+            out[b] = astra.data2d.get_shared(target)
+    finally:
+        astra.algorithm.delete(alg)
+        astra.data2d.delete([vol, sino])
     return out
 
 
@@ -127,22 +134,7 @@ def astra_backproject(
     if sinos.ndim == 2:
         sinos = sinos[None]
     with _AstraGeometry(image_shape, theta, sinos.shape[-1], center, projector_type) as g:
-        astra = g.astra
-        out = np.empty((sinos.shape[0], *g.image_shape), dtype=np.float32)
-        vol = astra.data2d.create("-vol", g.vol_geom)
-        sino = astra.data2d.create("-sino", g.proj_geom)
-        cfg = astra.astra_dict("BP")
-        cfg.update(ProjectorId=g.projector, ReconstructionDataId=vol, ProjectionDataId=sino)
-        alg = astra.algorithm.create(cfg)
-        try:
-            for b, s in enumerate(sinos):
-                astra.data2d.store(sino, s)
-                astra.algorithm.run(alg)
-                out[b] = astra.data2d.get_shared(vol)
-        finally:
-            astra.algorithm.delete(alg)
-            astra.data2d.delete([vol, sino])
-    return out
+        return _run_per_slice(g, "BP", sinos, forward=False)
 
 
 def astra_recon(
