@@ -7,7 +7,6 @@ RUN_DIR  ?= logs/train/default
 EVAL_DIR ?= $(RUN_DIR)/eval
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
-export WANDB_MODE ?= offline
 
 .PHONY: install data train evaluate test test-slow lint clean
 
@@ -34,12 +33,14 @@ evaluate: install
 		images='data/synthetic/test_s*_image.tif' labels='data/synthetic/test_s*_label.tif' \
 		output_dir=$(EVAL_DIR)
 
-test: install
+lint: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint
+	WANDB_MODE=offline $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: install
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache .ruff_cache
