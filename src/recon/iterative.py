@@ -93,6 +93,11 @@ def operator_norm(
     return lam**0.5
 
 
+def _safe_divide(num: Tensor | float, den: Tensor, eps: float) -> Tensor:
+    """``num / den`` where ``den > eps``, 0 elsewhere (empty rays/pixels, converged CG)."""
+    return torch.where(den > eps, num / den.clamp_min(eps), torch.zeros_like(den))
+
+
 @torch.no_grad()
 def sirt(
     sino: Tensor,
@@ -122,8 +127,8 @@ def sirt(
     one_img = torch.ones(1, *projector.image_shape, dtype=sino.dtype, device=sino.device)
     row = projector(one_img)
     col = projector.adjoint(torch.ones_like(row))
-    r = torch.where(row > 1e-8, 1.0 / row.clamp_min(1e-8), torch.zeros_like(row))
-    c = torch.where(col > 1e-8, relaxation / col.clamp_min(1e-8), torch.zeros_like(col))
+    r = _safe_divide(1.0, row, 1e-8)
+    c = _safe_divide(relaxation, col, 1e-8)
     for k in range(n_iter):
         x = x + c * projector.adjoint(r * (sino - projector(x)))
         if nonneg:
@@ -156,13 +161,12 @@ def cgls(
     for k in range(n_iter):
         q = projector(p)
         qq = (q * q).reshape(b, -1).sum(1)
-        alpha = torch.where(qq > tiny, gamma / qq.clamp_min(tiny), torch.zeros_like(qq))
+        alpha = _safe_divide(gamma, qq, tiny)
         x = x + alpha.view(b, 1, 1) * p
         r = r - alpha.view(b, 1, 1) * q
         s = projector.adjoint(r)
         gamma_new = (s * s).reshape(b, -1).sum(1)
-        beta = torch.where(gamma > tiny, gamma_new / gamma.clamp_min(tiny),
-                           torch.zeros_like(gamma))
+        beta = _safe_divide(gamma_new, gamma, tiny)
         p = s + beta.view(b, 1, 1) * p
         gamma = gamma_new
         if callback is not None:
