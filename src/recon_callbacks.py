@@ -10,8 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.data.io import atomic_output
-from src.visualize import hstack_tiles
+from src.visualize import hstack_tiles, save_figure
 
 __all__ = ["ReconstructionPanelLogger", "recon_panel_rgb", "save_recon_panel_png"]
 
@@ -63,13 +62,7 @@ def save_recon_panel_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 class ReconstructionPanelLogger(pl.Callback):

@@ -16,6 +16,19 @@ PHASE_COLORS = np.array(
 )
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def colorize_labels(label: np.ndarray) -> np.ndarray:
     """(H, W) integer labels → (H, W, 3) uint8 RGB."""
     return PHASE_COLORS[np.asarray(label, dtype=np.int64) % len(PHASE_COLORS)]
@@ -77,10 +90,4 @@ def save_panel_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.45 / height if title else 0.0)))
-    path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

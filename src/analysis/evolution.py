@@ -57,7 +57,8 @@ from src.analysis.statistics_table import (
     units,
     write_csv_atomic,
 )
-from src.data.io import atomic_output, write_json
+from src.data.io import write_json
+from src.visualize import save_figure
 
 __all__ = ["ManifestEntry", "StateAnalysis", "analyse_state", "block_slices", "bootstrap_intervals",
            "compare_states", "particle_summary", "read_manifest", "run_evolution",
@@ -630,16 +631,6 @@ def _select(columns: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-
-
 def plot_evolution(path: Path, result: Mapping[str, Any], columns: Sequence[str], x_axis: str) -> None:
     """PNG grid: each statistic (column) vs ``x_axis`` with its confidence interval as error bars.
 
@@ -680,7 +671,7 @@ def plot_evolution(path: Path, result: Mapping[str, Any], columns: Sequence[str]
     fig.suptitle("statistics vs " + x_axis + " (error bars: bootstrap CI over sub-volumes; "
                  "* significant change)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> None:
@@ -736,7 +727,7 @@ def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> No
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def write_outputs(

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from src.data.io import atomic_output, write_json, write_text
+from src.data.io import write_json, write_text
+from src.visualize import save_figure
 
 __all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic", "write_statistics"]
 
@@ -159,11 +160,7 @@ def save_statistics_figure(path: Path, results: dict[str, dict[str, Any]], class
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_statistics(
