@@ -1,5 +1,6 @@
-"""Apply a checkpoint to whole images and score it:
-``python evaluate.py ckpt_path=CKPT images=PATH_OR_GLOB [labels=PATH_OR_GLOB] output_dir=DIR``.
+"""Apply a checkpoint (or a classical baseline) to whole images and score it:
+``python evaluate.py ckpt_path=CKPT images=PATH_OR_GLOB [labels=PATH_OR_GLOB] output_dir=DIR``,
+``python evaluate.py method=otsu|kmeans|random_forest images=... labels=... [method.train_images=...]``.
 
 Writes ``<name>_seg.tif`` per image; with labels, ``metrics.json`` (overall and per image:
 accuracy, miou, iou and dice per phase, confusion matrix) and prints the table; with
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -56,7 +58,7 @@ def resolve_device(name: str) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Score the checkpoint: segmentation (images → segmentations, metrics) or reconstruction
     (comparison table on held-out slices); return the metrics."""
-    if checkpoint_kind(cfg.ckpt_path) == "reconstruction":
+    if cfg.method.name == "model" and cfg.ckpt_path is not None and checkpoint_kind(cfg.ckpt_path) == "reconstruction":
         return evaluate_reconstruction(cfg)
     return evaluate_segmentation(cfg)
 
@@ -95,21 +97,23 @@ def evaluate_reconstruction(cfg: DictConfig) -> dict:
     return report
 
 
-def evaluate_segmentation(cfg: DictConfig) -> dict:
-    """Predict every image, write segmentations (and metrics when labelled); return the metrics."""
-    if cfg.images is None:
-        raise ValueError("images=... is required for a segmentation checkpoint (files, folder or glob)")
-    module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
-    class_names = list(module.class_names)
-    pairs = pair_images_labels(cfg.images, cfg.labels)
+def check_inputs(pairs: list[tuple[Path, Path | None]], class_names: list[str], cfg: DictConfig) -> dict[str, float]:
+    """Read and check every image/label pair before anything is written; return the voxel
+    sizes for ``stats=true`` (empty otherwise)."""
     voxel_sizes = {}
-    for image_path, label_path in pairs:  # check everything before writing anything
+    for image_path, label_path in pairs:
         image, _ = load_pair(image_path, label_path, len(class_names))
         if cfg.stats:
             voxel_sizes[pair_key(Path(image_path))] = stats_voxel_size(Path(image_path), image.ndim, cfg.voxel_size_nm)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return voxel_sizes
 
+
+def load_model_predictor(cfg: DictConfig) -> tuple[Callable, list[str], dict, dict]:
+    """method=model: the checkpoint's sliding-window predictor → (predict, class_names,
+    normalisation percentiles, report fields)."""
+    if cfg.ckpt_path is None:
+        raise ValueError("ckpt_path=... is required with method=model (or choose method=otsu|kmeans|random_forest)")
+    module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
     inference = dict(module.hparams.get("inference") or {})
     predictor = SlidingWindowPredictor(
         module.net, module.spatial_dims, module.size_multiple,
@@ -119,28 +123,81 @@ def evaluate_segmentation(cfg: DictConfig) -> dict:
         mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=resolve_device(cfg.device),
         tta=cfg.tta, slice_axes=list(cfg.slice_axes),
     )
-    stats_options = OmegaConf.to_container(cfg.statistics, resolve=True)
+    probs_axis = 1 if module.spatial_dims == 2 else 0  # where 2D nets stack slices of a volume
+
+    def predict(image: np.ndarray, on_probs: Callable | None) -> np.ndarray:
+        return predictor.predict(image, on_probs, cfg.progress)
+
+    predict.probs_axis = probs_axis  # type: ignore[attr-defined]
     norm = data_hparams.get("normalize") or {"lower": 0.5, "upper": 99.5}
+    name = module.hparams.get("name", "model")
+    return predict, list(module.class_names), norm, {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "model": name}
+
+
+def load_baseline_predictor(cfg: DictConfig) -> tuple[Callable, list[str], dict, dict]:
+    """method=otsu|kmeans|random_forest: the (fitted) classical segmenter → same as
+    :func:`load_model_predictor`. Training slices are read and checked before fitting."""
+    if cfg.save_probabilities:
+        raise ValueError(f"save_probabilities=true needs method=model; method={cfg.method.name} gives labels only")
+    class_names = list(cfg.class_names)
+    norm = {"lower": 0.5, "upper": 99.5}
+    segmenter = hydra.utils.instantiate(cfg.method.segmenter)
+    report: dict = {"checkpoint": None, "model": cfg.method.name}
+    if segmenter.needs_labels:
+        if cfg.method.get("train_labels") is None:
+            raise ValueError(f"method={cfg.method.name} learns from labelled slices: give labels=... or method.train_labels=...")
+        train_pairs = pair_images_labels(cfg.method.train_images, cfg.method.train_labels)
+        seen = {pair_key(Path(i)) for i, _ in pair_images_labels(cfg.images)} & {pair_key(Path(i)) for i, _ in train_pairs}
+        if seen:
+            log.warning("images %s are also training slices of the %s: their scores are not held-out", sorted(seen), cfg.method.name)
+        loaded = [load_pair(i, lab, len(class_names)) for i, lab in train_pairs]
+        log.info("fitting %s on %d labelled images", cfg.method.name, len(loaded))
+        segmenter.fit([normalize_percentile(i, norm["lower"], norm["upper"]) for i, _ in loaded], [lab for _, lab in loaded])
+        report["train_images"] = [str(Path(i).resolve()) for i, _ in train_pairs]
+
+    def predict(image: np.ndarray, on_probs: Callable | None) -> np.ndarray:
+        return segmenter.predict(image)
+
+    return predict, class_names, norm, report
+
+
+def evaluate_segmentation(cfg: DictConfig) -> dict:
+    """Predict every image with the checkpoint or the classical ``method``, write
+    segmentations (and metrics when labelled); return the metrics."""
+    if cfg.images is None:
+        raise ValueError("images=... is required for segmentation (files, folder or glob)")
+    method = cfg.method.name
+    pairs = pair_images_labels(cfg.images, cfg.labels)
+    if method == "model":  # the checkpoint first (cheap), then the images
+        predict, class_names, norm, source = load_model_predictor(cfg)
+        voxel_sizes = check_inputs(pairs, class_names, cfg)
+    else:  # the images first, before a forest is fitted
+        voxel_sizes = check_inputs(pairs, list(cfg.class_names), cfg)
+        predict, class_names, norm, source = load_baseline_predictor(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    stats_options = OmegaConf.to_container(cfg.statistics, resolve=True)
     per_image: dict[str, dict] = {}
     statistics: dict[str, dict] = {}
     total_cm = np.zeros((len(class_names),) * 2, np.int64)
     for image_path, label_path in pairs:
         name = pair_key(Path(image_path))
         image, label = load_pair(image_path, label_path, len(class_names))
-        log.info("predicting %s %s", image_path, image.shape)
+        log.info("segmenting %s %s with %s", image_path, image.shape, source["model"])
         probs_parts: list[np.ndarray] = []
         on_probs = (lambda _z, p, parts=probs_parts: parts.append(p)) if cfg.save_probabilities else None
-        seg = predictor.predict(normalize_percentile(image, norm["lower"], norm["upper"]), on_probs, cfg.progress)
+        seg = predict(normalize_percentile(image, norm["lower"], norm["upper"]), on_probs)
         write_tiff(out_dir / f"{name}_seg.tif", seg)
         if probs_parts:
-            axis = 1 if image.ndim == 3 and module.spatial_dims == 2 and len(probs_parts) > 1 else 0
+            axis = predict.probs_axis if image.ndim == 3 and len(probs_parts) > 1 else 0
             probs = probs_parts[0] if len(probs_parts) == 1 else np.concatenate(probs_parts, axis=axis)
             write_tiff(out_dir / f"{name}_probs.tif", probs.astype(np.float32))
         if cfg.panels:
             mid = (lambda a: a[a.shape[0] // 2]) if image.ndim == 3 else (lambda a: a)
             save_panel_png(
                 out_dir / f"{name}_panel.png", [mid(np.asarray(image))], [None if label is None else mid(label)],
-                [mid(seg)], class_names, title=f"{name} ({module.hparams.get('name', 'model')})",
+                [mid(seg)], class_names, title=f"{name} ({source['model']})",
             )
         if cfg.stats:
             log.info("3D statistics of %s", name)
@@ -156,13 +213,7 @@ def evaluate_segmentation(cfg: DictConfig) -> dict:
         log.info("no labels given: wrote segmentations to %s", out_dir)
         return {}
     overall = scores_from_confusion(total_cm, class_names)
-    report = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
-        "model": module.hparams.get("name"),
-        "class_names": class_names,
-        "overall": overall,
-        "per_image": per_image,
-    }
+    report = {**source, "method": method, "class_names": class_names, "overall": overall, "per_image": per_image}
     write_json(out_dir / "metrics.json", report)
     print(format_table(per_image, overall, class_names))
     log.info("metrics written to %s", out_dir / "metrics.json")

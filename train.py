@@ -33,6 +33,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    if cfg.get("init_from"):
+        from src.models.checkpoint import load_pretrained_weights
+
+        n = load_pretrained_weights(model, cfg.init_from)
+        log.info("network starts from %s (%d tensors; fine-tuning)", cfg.init_from, n)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not loggers:  # nothing would receive the learning rate

@@ -1,4 +1,9 @@
-"""Classical segmentation baselines that the learned models are compared against."""
+"""Classical segmentation baselines that the learned models are compared against.
+
+Each baseline is also a *segmenter* with one interface, so ``evaluate.py method=...`` runs any
+of them like a checkpoint: ``fit(images, labels)`` (a no-op for the unsupervised ones) and
+``predict(image) -> uint8 labels`` for a normalised 2D image or 3D (z, y, x) volume.
+"""
 
 from __future__ import annotations
 
@@ -87,10 +92,14 @@ class RandomForestSegmenter:
         samples_per_class: training pixels drawn per phase and image (balanced).
         sigmas: feature scales in pixels.
         seed: sampling and forest seed.
+        class_names: accepted for a uniform segmenter interface (labels are indices).
     """
 
+    needs_labels = True
+
     def __init__(self, n_estimators: int = 100, max_depth: int | None = 20, samples_per_class: int = 4000,
-                 sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), seed: int = 0) -> None:
+                 sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), seed: int = 0,
+                 class_names: Sequence[str] | None = None) -> None:
         from sklearn.ensemble import RandomForestClassifier
 
         self.samples_per_class = samples_per_class
@@ -121,3 +130,37 @@ class RandomForestSegmenter:
             return np.stack([self.predict(s) for s in image])
         feats = filter_features(image, self.sigmas)
         return self.forest.predict(feats.reshape(-1, feats.shape[-1])).reshape(image.shape).astype(np.uint8)
+
+
+class MultiOtsuSegmenter:
+    """:func:`multi_otsu_segment` as a segmenter (unsupervised: ``fit`` does nothing)."""
+
+    needs_labels = False
+
+    def __init__(self, class_names: Sequence[str], dark_to_bright: Sequence[str] = ("pore", "CBD", "NMC"),
+                 sigma: float = 1.0) -> None:
+        self.class_names, self.dark_to_bright, self.sigma = list(class_names), list(dark_to_bright), sigma
+        multi_otsu_segment(np.arange(16.0).reshape(4, 4), self.class_names, self.dark_to_bright, 0)  # checks names
+
+    def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> MultiOtsuSegmenter:
+        return self
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return multi_otsu_segment(image, self.class_names, self.dark_to_bright, self.sigma)
+
+
+class KMeansSegmenter:
+    """:func:`kmeans_segment` as a segmenter (unsupervised: ``fit`` does nothing)."""
+
+    needs_labels = False
+
+    def __init__(self, class_names: Sequence[str], dark_to_bright: Sequence[str] = ("pore", "CBD", "NMC"),
+                 sigma: float = 1.0, seed: int = 0) -> None:
+        self.class_names, self.dark_to_bright, self.sigma, self.seed = list(class_names), list(dark_to_bright), sigma, seed
+        multi_otsu_segment(np.arange(16.0).reshape(4, 4), self.class_names, self.dark_to_bright, 0)  # checks names
+
+    def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> KMeansSegmenter:
+        return self
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return kmeans_segment(image, self.class_names, self.dark_to_bright, self.sigma, self.seed)

@@ -83,3 +83,33 @@ def checkpoint_kind(path: str | Path) -> str:
         f"checkpoint {path} is not a segmentation or reconstruction checkpoint of this project "
         "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
     )
+
+
+def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: str = "net.") -> int:
+    """Start ``module`` from the network weights of checkpoint ``path`` (fine-tuning).
+
+    Only the parameters and buffers under ``prefix`` are copied; optimizer, epoch and learning
+    rate schedule start fresh (use ``ckpt_path=`` to *resume* a run instead). Returns the number
+    of tensors copied. Raises :class:`CheckpointError` when the checkpoint's network is another
+    architecture (weights missing or of another shape), naming a few of them.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} has no state_dict to take weights from")
+    own = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
+    missing = [k for k in own if k not in state]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or mismatched:
+        hp = ckpt.get("hyper_parameters", {})
+        net = hp.get("net", {}) if isinstance(hp, dict) else {}
+        stored = f"{hp.get('name', '?')} ({net.get('_target_', '?') if isinstance(net, dict) else '?'})"
+        raise CheckpointError(
+            f"checkpoint {path} holds network {stored}, which does not fit this model: "
+            f"{len(missing)} weights missing (e.g. {missing[:3]}), {len(mismatched)} of another shape "
+            f"(e.g. {mismatched[:3]}); fine-tune with the same model settings it was trained with"
+        )
+    module.load_state_dict({k: state[k] for k in own}, strict=False)
+    return len(own)
