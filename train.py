@@ -34,9 +34,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
     if cfg.get("init_from"):
-        from src.models.checkpoint import load_pretrained_weights
+        from src.models.checkpoint import CheckpointNotFoundError, load_pretrained_weights
 
-        n = load_pretrained_weights(model, cfg.init_from)
+        try:
+            n = load_pretrained_weights(model, cfg.init_from)
+        except CheckpointNotFoundError as err:
+            raise CheckpointNotFoundError(
+                f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "
+                "config's header names the command), point init_from at your checkpoint, or set init_from=null"
+            ) from err
         log.info("network starts from %s (%d tensors; fine-tuning)", cfg.init_from, n)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))

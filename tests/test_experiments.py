@@ -68,3 +68,17 @@ def test_kmeans_and_random_forest_baselines():
     test = np.where(test_truth == 2, 0.0, test).astype(np.float32)
     assert np.mean(forest.predict(test) == test_truth) > 0.8
     assert forest.predict(np.stack([test, test])).shape == (2, 64, 64)
+
+
+def test_segmentpy_unet_recipe_composes_and_asks_for_its_pretraining(tmp_path):
+    import train
+    from src.models.checkpoint import CheckpointNotFoundError
+
+    root = shared_data("segmentpy-nmc")
+    cfg = compose("train", ["experiment=segmentpy_unet", "logger=csv", f"paths.output_dir={tmp_path}",
+                            f"paths.log_dir={tmp_path}/logs", f"paths.shared_data_dir={root.parent}"])
+    assert cfg.model.name == "unet" and cfg.data.patch_size == 192
+    assert [p.split("/")[-1] for p in cfg.data.images] == [f"{n}.tif" for n in TRAIN_SLICES]
+    assert cfg.init_from.endswith("logs/pretrain/synthetic_unet/checkpoints/best.ckpt")
+    with pytest.raises(CheckpointNotFoundError, match="run the pretraining first"):
+        train.train(cfg)

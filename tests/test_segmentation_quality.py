@@ -82,6 +82,8 @@ def test_fine_tuning_starts_from_pretrained_weights(tiny_data, tmp_path):
 
     other = hydra.utils.instantiate(compose("train", [*tiny_train_overrides(tiny_data, tmp_path / "x"),
                                                       "model.net.base_filters=8"]).model, _recursive_=False)
+    with pytest.raises(CheckpointError, match=r"init_from=.*nope.ckpt does not exist: run the pretraining first"):
+        train.train(compose("train", [*tiny_train_overrides(tiny_data, tmp_path / "y"), f"init_from={tmp_path}/nope.ckpt"]))
     with pytest.raises(CheckpointError, match=r"holds network lrcsnet .*does not fit this model: .* of another shape"):
         load_pretrained_weights(other, ckpt)
 
