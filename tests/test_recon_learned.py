@@ -78,6 +78,20 @@ def test_lpd_follows_the_paper_layout():
     assert any(isinstance(m, torch.nn.PReLU) for m in net.primal_nets[0])
 
 
+def test_lpd_fbp_initialisation_starts_at_the_fbp():
+    torch.manual_seed(0)
+    zero = LearnedPrimalDual(image_size=SIZE, n_angles=ANGLES, n_iter=1, width=8)
+    fbp_init = LearnedPrimalDual(image_size=SIZE, n_angles=ANGLES, n_iter=1, width=8, init="fbp")
+    for net in (zero, fbp_init):  # silence the learned updates: the output is the start value
+        torch.nn.init.zeros_(net.primal_nets[0][-1].weight)
+        torch.nn.init.zeros_(net.primal_nets[0][-1].bias)
+    sino = torch.rand(2, 1, ANGLES, SIZE)
+    assert torch.equal(zero(sino), torch.zeros(2, 1, SIZE, SIZE))
+    assert torch.allclose(fbp_init(sino), fbp_init.fbp(sino), atol=1e-6)
+    with pytest.raises(ValueError, match="init must be"):
+        LearnedPrimalDual(image_size=SIZE, n_angles=ANGLES, init="sirt")
+
+
 def test_lpd_gradient_flows_through_the_projector(monkeypatch):
     """The loss gradient reaches the sinogram through A^T's backward (= A) and the weights."""
     op = make_projector(SIZE, ANGLES)
