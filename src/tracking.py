@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +155,27 @@ def finish_wandb_run(exit_code: int = 0) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def make_mlflow_logger(
+    experiment_name: str = "batteryct",
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    **kwargs,
+) -> MLFlowLogger:
+    """A Lightning ``MLFlowLogger``: a local SQLite store (``sqlite:///PATH``, folder created)
+    or a tracking server (``http://host:port``).
+
+    ``group`` and ``tags`` become MLflow run tags (``group=<group>``, ``<tag>=true``); inside a
+    Hydra sweep the run is named and grouped like the W&B run (:func:`sweep_run_identity`).
+    """
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):  # SQLite does not create folders
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    run_name, group, tags = sweep_run_identity(run_name, group, tags, _hydra_config())
+    run_tags = {str(t): "true" for t in tags}
+    if group:
+        run_tags["group"] = group
+    return MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_name=run_name,
+                        tags=run_tags or None, **kwargs)
