@@ -91,10 +91,11 @@ def write_sweep_summary(sweep_dir: str | Path, mode: str = "max") -> list[dict[s
         records.append(json.loads(path.read_text(encoding="utf-8")))
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra")):  # jobs cut off before they ended
         job_dir = hydra_dir.parent
-        if not (job_dir / JOB_RESULT).is_file() and (hydra_dir / "overrides.yaml").is_file():
+        if not (job_dir / JOB_RESULT).is_file():
             import yaml
 
-            overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text(encoding="utf-8")) or []
+            ov_file = hydra_dir / "overrides.yaml"
+            overrides = (yaml.safe_load(ov_file.read_text(encoding="utf-8")) or []) if ov_file.is_file() else []
             records.append({"job": int(job_dir.name) if job_dir.name.isdigit() else None,
                             "overrides": overrides, "metric": records[0]["metric"] if records else "value",
                             "value": math.nan, "status": "interrupted", "error": "no result (killed?)",
