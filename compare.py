@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR, setup_config_env
 from src.data.io import write_text
-from src.run_comparison import comparison_rows, load_runs, markdown_table, plot_curves, write_rows_csv
+from src.run_comparison import (
+    comparison_rows,
+    load_runs,
+    markdown_table,
+    plot_curves,
+    write_rows_csv,
+)
 
 log = logging.getLogger("compare")
 

@@ -120,6 +120,8 @@ def make_wandb_logger(
         id: continue this W&B run id.
         resume_from: the training's ``ckpt_path`` (a file or ``last``): continue the W&B run
             found in that checkpoint's run directory, so a resumed training is one W&B run.
+            Without it, a W&B run already in ``save_dir`` (a restart in the same run folder,
+            such as a requeued SLURM job) is continued.
 
     Offline runs print where they are and the ``wandb sync`` command that uploads them later.
     """
@@ -132,6 +134,8 @@ def make_wandb_logger(
         id = wandb_run_id_in(run_dir)
         if id is None:
             log.warning("W&B: no earlier run under %s/wandb: the resumed training starts a new W&B run", run_dir)
+    elif id is None:  # a restart in the same run folder (e.g. a requeued SLURM job resuming hpc_ckpt)
+        id = wandb_run_id_in(save_dir)
     if id is not None:
         log.info("W&B: continuing run %s", id)
         kwargs.setdefault("resume", "allow")

@@ -125,3 +125,79 @@ def test_sigkill_then_restart_from_last_continues_at_saved_step(tiny_data, tmp_p
         train_steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss_step")]
     assert len(train_steps) == steps_total - saved  # only the steps after the saved one were run
     assert min(train_steps) >= saved - 1
+
+
+def test_wandb_sweep_example_gives_valid_hydra_overrides():
+    """scripts/wandb_sweep.yaml: the agent's command (fixed args + `key=value` per parameter)
+    composes, for every listed value and both ends of every range."""
+    import yaml
+
+    sweep = yaml.safe_load((ROOT / "scripts" / "wandb_sweep.yaml").read_text())
+    assert sweep["program"] == "train.py" and sweep["metric"] == {"name": "val/miou", "goal": "maximize"}
+    fixed = [a for a in sweep["command"] if not a.startswith("${")]
+    for key, spec in sweep["parameters"].items():
+        for value in spec.get("values", [spec.get("min"), spec.get("max")]):
+            cfg = compose("train", [*fixed, f"{key}={value}"])
+            assert cfg.task_name == "segmentpy_nmc"
+            node = cfg
+            if "/" in key:  # a config group: its choice is the config of that name
+                assert cfg.model.loss == compose("train", [f"{key}={value}"]).model.loss
+                continue
+            for part in key.split("."):
+                node = node[part]
+            assert node == value if key != "model" else cfg.model.name == value
+
+
+def test_slurm_launcher_config():
+    """hydra/launcher=slurm (submitit): one task and GPU per DDP process, nodes from the trainer."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[track]'")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeued on time-out
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
+
+
+@pytest.mark.slow
+def test_sbatch_script_runs_ddp_through_slurm_environment(tiny_data, tmp_path):
+    """scripts/slurm_train.sbatch under a stand-in `srun` (2 local tasks with SLURM variables):
+    Lightning's SLURMEnvironment makes them 2 DDP ranks on CPU, rank 0 writes the run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n# stand-in for srun on one machine: SLURM_NTASKS copies with task variables\n"
+        "while [[ $1 == --* ]]; do shift; done\npids=()\n"
+        "for ((i=0; i<SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=$i \"$@\" & pids+=($!); done\n"
+        "rc=0; for p in \"${pids[@]}\"; do wait $p || rc=$?; done; exit $rc\n")
+    (bin_dir / "srun").chmod(0o755)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "batteryct-train", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODELIST": "localhost",
+           "SLURM_SUBMIT_DIR": str(ROOT), "MASTER_PORT": str(port), "PYTHON": sys.executable, "RUN_DIR": str(run_dir)}
+    overrides = [o for o in tiny_train_overrides(tiny_data, run_dir) if not o.startswith("paths.output_dir")]
+    result = subprocess.run(
+        ["bash", "scripts/slurm_train.sbatch", *overrides, "trainer.accelerator=cpu", "trainer.sync_batchnorm=false",
+         "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "Starting with 2 processes" in out or "distributed_backend=gloo" in out
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert len(csv_metric(run_dir, "val/miou")) == 1 and (run_dir / "train_rank1.log").is_file()

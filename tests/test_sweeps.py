@@ -161,3 +161,20 @@ def test_compare_reads_tensorboard_runs_and_explains_errors(tmp_path):
         compare.compare(compose("compare", [f"runs={tmp_path}/nothing_here*", f"output_dir={out}"]))
     with pytest.raises(KeyError, match="val/dice_XYZ.*logged metrics.*val/miou"):
         compare.compare(compose("compare", [f"runs={tmp_path}/runs/*", "metric=val/dice_XYZ", f"output_dir={out}"]))
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_sweep_with_summary(tiny_data, tmp_path):
+    """hydra/launcher=submitit_local: jobs run in their own processes (as on SLURM with
+    submitit_slurm); the per-job records and the summary still come together."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[track]'")
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+         "model.optimizer.lr=0.01,-1", *cli_overrides(tiny_data, tmp_path), "trainer.max_epochs=1"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    rows = read_csv(sweep_dir / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert (sweep_dir / ".submitit").is_dir()

@@ -100,3 +100,17 @@ def test_orthogonal_slices_of_3d_patches():
     np.testing.assert_array_equal(planes[3], batch[1, 2])
     np.testing.assert_array_equal(planes[4], batch[1, :, 3])
     np.testing.assert_array_equal(planes[5], batch[1, :, :, 4])
+
+
+def test_restart_in_same_run_folder_continues_wandb_run(tmp_path, monkeypatch):
+    """A requeued job (same folder, no ckpt_path: Lightning resumes hpc_ckpt) keeps its W&B run."""
+    from src.tracking import make_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fresh = make_wandb_logger(save_dir=tmp_path / "new")
+    assert fresh._wandb_init.get("id") is None
+    (tmp_path / "old" / "wandb" / "offline-run-20260101_100000-abcd1234").mkdir(parents=True)
+    again = make_wandb_logger(save_dir=tmp_path / "old")
+    assert again._wandb_init["id"] == "abcd1234" and again._wandb_init["resume"] == "allow"
+    other = make_wandb_logger(save_dir=tmp_path / "new", resume_from=tmp_path / "old" / "checkpoints" / "x.ckpt")
+    assert other._wandb_init["id"] == "abcd1234"
