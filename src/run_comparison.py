@@ -198,12 +198,19 @@ def varying_settings(runs: Sequence[Run], ignore: Sequence[str] = ("paths", "hyd
     if not keys:
         source = [flatten(r.config) for r in runs]
         keys = differing(source)
-    return [{k: _fmt_value(d.get(k)) for k in keys} for d in source]
+    return [{k: format_setting(d.get(k)) for k in keys} for d in source]
 
 
-def _fmt_value(value: Any) -> str:
+def format_setting(value: Any) -> str:
+    """Settings for a table: floats (also as override strings such as ``0.000430201820``) to 4
+    significant digits, None as ``-``."""
     if value is None:
         return "-"
+    if isinstance(value, str) and len(value) > 8 and any(c in value for c in ".e"):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -20,7 +20,14 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.run_comparison import ERROR_FILE, markdown_table, parse_overrides, sort_key, write_rows_csv
+from src.run_comparison import (
+    ERROR_FILE,
+    format_setting,
+    markdown_table,
+    parse_overrides,
+    sort_key,
+    write_rows_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ def summary_rows(records: list[dict[str, Any]], mode: str = "max") -> list[dict[
     varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1] or keys
     rows = []
     for record, ov in zip(records, parsed, strict=True):
-        rows.append({"job": record["job"], **{k: ov.get(k, "-") for k in varying},
+        rows.append({"job": record["job"], **{k: format_setting(ov.get(k)) for k in varying},
                      record["metric"]: record["value"], "status": record["status"], "error": record["error"]})
     metric = records[0]["metric"] if records else "value"
     return sorted(rows, key=lambda r: sort_key(r[metric], mode))

@@ -97,6 +97,7 @@ def test_optuna_sweep_resumes_after_sigkill(tiny_data, tmp_path):
     states = [t.state for t in after]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert after[2].params == before[1].params  # the cut-off trial, run again
+    assert after[3].params != after[0].params  # the restarted seeded sampler does not repeat trial 0
     rows = read_csv(sweep_dir / "sweep_summary.csv")
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]  # one folder per trial, none overwritten
     assert [r["status"] for r in rows if r["job"] == "1"] == ["interrupted"]

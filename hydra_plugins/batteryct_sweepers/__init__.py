@@ -25,8 +25,9 @@ if OptunaSweeper is not None:
         Before sweeping it loads the study when it exists: finished trials (complete, pruned,
         failed) count towards ``n_trials``; trials still RUNNING (cut off by the interruption) are
         marked FAIL and queued again with the same parameters; job numbers, and so the job folders
-        of a fixed ``hydra.sweep.dir``, continue after the earlier trials. SQLite's folder is
-        created.
+        of a fixed ``hydra.sweep.dir``, continue after the earlier trials; a seeded sampler
+        continues with ``seed + trials so far`` (restarted with its first seed it would propose
+        the first trials again). SQLite's folder is created.
         """
 
         def sweep(self, arguments: list[str]) -> None:
@@ -49,6 +50,14 @@ if OptunaSweeper is not None:
                     for trial in cut_off:  # interrupted: failed, and queued again with its parameters
                         study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
                         study.enqueue_trial(trial.params)
+                    sampler_cfg = impl.config.hydra.sweeper.get("sampler")
+                    if trials and sampler_cfg is not None and sampler_cfg.get("seed") is not None \
+                            and not sampler_cfg.get("_partial_", False):
+                        # a seeded sampler restarted with its first seed would propose the
+                        # first trials again: continue with seed + trials so far (reproducible)
+                        from hydra.utils import instantiate
+
+                        impl.sampler = instantiate(sampler_cfg, seed=int(sampler_cfg.seed) + len(trials))
                     impl.n_trials = max(int(impl.n_trials) - finished, 0)
                     impl.job_idx = len(trials)  # job folders continue after the earlier ones
                     log.info("Optuna study %r resumed from %s: %d trials finished, %d cut off and "
