@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, tiny_train_overrides
+from tests.conftest import compose, free_port, tiny_train_overrides
 
 pytest.importorskip("mlflow", reason="MLflow comes with the track extra: pip install '.[track]'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(base: str, path: str, payload: dict | None = None) -> dict:

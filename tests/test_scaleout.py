@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import compose, tiny_train_overrides
+from tests.conftest import compose, free_port, tiny_train_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 # a model that leaves the all-one-phase start within one short epoch (so metrics can differ)
@@ -180,11 +180,7 @@ def test_sbatch_script_runs_ddp_through_slurm_environment(tiny_data, tmp_path):
         "for ((i=0; i<SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=$i \"$@\" & pids+=($!); done\n"
         "rc=0; for p in \"${pids[@]}\"; do wait $p || rc=$?; done; exit $rc\n")
     (bin_dir / "srun").chmod(0o755)
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run_dir = tmp_path / "run"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "batteryct-train", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
