@@ -45,7 +45,7 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     write_text(out / "compare.md", table + "\n")
     order = {r["run"]: i for i, r in enumerate(rows)}
     ranked = sorted(runs, key=lambda r: order[r.name])
-    labels = [" ".join([r["run"], *(f"{k}={v}" for k, v in r.items() if k not in
+    labels = [" ".join([r["run"], *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r.items() if k not in
                                      ("run", "status") and not k.startswith(("best", "final")))])
               for r in rows]
     plot_curves(ranked, plot_metrics, out / "learning_curves.png", str(cfg.x_axis), labels)

@@ -294,20 +294,26 @@ def plot_curves(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, x
 
     if x_axis not in ("epoch", "step"):
         raise ValueError(f"x_axis must be epoch or step, got {x_axis!r}")
+    from matplotlib.ticker import MaxNLocator
+
     labels = list(labels) if labels is not None else [r.name for r in runs]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    legend_h = 0.22 * len(runs) + 0.3  # one legend line per run, under the panels
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4 + legend_h), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for run, label in zip(runs, labels, strict=True):
+        for i, run in enumerate(runs):
             curve = run.curves.get(metric)
             if curve is None:
                 continue
             x = curve.epochs if x_axis == "epoch" and np.isfinite(curve.epochs).all() else curve.steps
-            ax.plot(x, curve.values, marker="o", markersize=3, label=label)
+            ax.plot(x, curve.values, marker="o", markersize=3, color=colors[i % len(colors)])
         ax.set_xlabel(x_axis)
         ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colors[i % len(colors)], marker="o", markersize=3) for i in range(len(runs))]
+    fig.legend(handles, labels, loc="lower left", fontsize=7, frameon=False, ncol=1)
+    fig.tight_layout(rect=(0, legend_h / (4 + legend_h), 1, 1))
     return save_figure(fig, path, dpi=110)
 
 
