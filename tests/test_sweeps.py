@@ -69,6 +69,7 @@ def optuna_trials(db: Path, study: str):
     return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=True)
 
 
+@pytest.mark.slow
 def test_optuna_sweep_resumes_after_sigkill(tiny_data, tmp_path):
     """hparams_search=synthetic_optuna: kill -9 during the second trial, run the same command
     again: the cut-off trial runs again with its parameters and the study reaches n_trials."""
