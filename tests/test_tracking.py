@@ -81,8 +81,12 @@ def test_resumed_training_continues_the_wandb_run_with_checkpoint_artifact(tiny_
     first = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(first) == 1
     run_id = first[0].name.rsplit("-", 1)[-1]
-    payload = b"".join(f.read_bytes() for f in first[0].glob("*.wandb"))
-    assert f"model-{run_id}".encode() in payload  # the checkpoint artifact record
+    import time
+
+    deadline = time.time() + 60  # the W&B service writes the offline run file asynchronously
+    while f"model-{run_id}".encode() not in b"".join(f.read_bytes() for f in first[0].glob("*.wandb")):
+        assert time.time() < deadline, "no checkpoint artifact record in the offline run"
+        time.sleep(0.5)
     train.train(compose("train", base + ["trainer.max_epochs=2", f"ckpt_path={tmp_path}/checkpoints/last.ckpt"]))
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
