@@ -1,13 +1,19 @@
 """Train a model: ``python train.py model=lrcsnet data=synthetic trainer=cpu logger=wandb``.
 
 The recipe: config → data → model → callbacks and loggers → Trainer.fit. The run directory
-(``hydra.run.dir``) receives ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``.
+(``hydra.run.dir``) receives ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``; a run
+restarted with ``ckpt_path=last`` (same ``hydra.run.dir``) or ``ckpt_path=FILE`` continues from
+the saved step. ``main`` returns ``optimized_metric`` (the best value) for sweepers; in a
+multirun (``-m``) a job that fails is recorded (``error.txt``, the sweep summary) and the sweep
+goes on, unless ``sweep_fail_fast=true``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import traceback
+from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
@@ -15,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from src.config import CONFIG_DIR, setup_config_env
+from src.sweeps import ERROR_FILE, in_multirun
+from src.tracking import finish_wandb_run
 
 log = logging.getLogger("train")
 
@@ -49,9 +57,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not loggers:  # nothing would receive the learning rate
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except BaseException:
+        finish_wandb_run(exit_code=1)
+        raise
+    finish_wandb_run(exit_code=0)  # the next job of a sweep (same process) starts its own run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best and trainer.is_global_zero:
@@ -64,7 +77,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    """Train; return ``optimized_metric`` (None when missing or NaN: a failed trial for Optuna)."""
+    try:
+        metrics = train(cfg)
+    except Exception:
+        if not in_multirun() or cfg.get("sweep_fail_fast", False):
+            raise
+        # one failed job must not stop the sweep: keep the traceback beside the job's outputs
+        log.exception("job failed; the sweep goes on (sweep_fail_fast=false)")
+        from src.data.io import write_text
+
+        write_text(Path(cfg.paths.output_dir) / ERROR_FILE, traceback.format_exc())
+        return None
     value = metrics.get(cfg.optimized_metric)
     return None if value is None or math.isnan(value) else value
 

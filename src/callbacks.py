@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -11,11 +12,20 @@ from pytorch_lightning.utilities import rank_zero_only
 from src.visualize import panel_rgb, save_panel_png
 
 
+def orthogonal_slices(batch: np.ndarray) -> list[np.ndarray]:
+    """(n, z, y, x) patches → 3n planes: per sample its middle z (y, x), y (z, x) and x (z, y)
+    planes, in that order."""
+    _, z, y, x = batch.shape
+    return [plane for b in batch for plane in (b[z // 2], b[:, y // 2], b[:, :, x // 2])]
+
+
 class ValidationPanelLogger(pl.Callback):
     """Each validation epoch: a panel (grey, truth, prediction) of the first validation batch,
     sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
-    For 3D patches the middle slice along z is shown.
+    For 3D patches each sample gives three rows: its middle slices along z, y and x
+    (orthogonal planes). W&B receives ``wandb.Image`` objects with the prediction and the
+    ground truth as masks carrying the class names.
 
     Args:
         n_samples: rows of the panel.
@@ -38,10 +48,11 @@ class ValidationPanelLogger(pl.Callback):
             return
         images, labels, preds = (t.detach().float().cpu().numpy() for t in self._batch)
         self._batch = None
-        if images.ndim == 4:  # 3D patches: middle z slice
-            z = images.shape[1] // 2
-            images, labels, preds = images[:, z], labels[:, z], preds[:, z]
-        labels, preds = labels.astype(int), preds.astype(int)
+        captions = [f"sample {i}" for i in range(len(images))]
+        if images.ndim == 4:  # 3D patches: the three orthogonal middle planes of every sample
+            images, labels, preds = (orthogonal_slices(a) for a in (images, labels, preds))
+            captions = [f"sample {i}, {plane}" for i in range(len(captions)) for plane in ("z", "y", "x")]
+        labels, preds = [a.astype(int) for a in labels], [a.astype(int) for a in preds]
         epoch = trainer.current_epoch
         names = list(pl_module.class_names)
         save_panel_png(
@@ -55,11 +66,11 @@ class ValidationPanelLogger(pl.Callback):
                 class_labels = dict(enumerate(names))
                 logger.experiment.log({
                     "val/panel": [
-                        wandb.Image(img, masks={
+                        wandb.Image(img, caption=caption, masks={
                             "prediction": {"mask_data": prd, "class_labels": class_labels},
                             "ground_truth": {"mask_data": lab, "class_labels": class_labels},
                         })
-                        for img, lab, prd in zip(images, labels, preds, strict=True)
+                        for img, lab, prd, caption in zip(images, labels, preds, captions, strict=True)
                     ],
                     "trainer/global_step": trainer.global_step,
                 })

@@ -16,6 +16,26 @@ def setup_config_env() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda x: len(x))
+    if not OmegaConf.has_resolver("rank_suffix"):
+        OmegaConf.register_new_resolver("rank_suffix", rank_suffix)
+
+
+def process_rank() -> int:
+    """Global rank of this training process before torch.distributed starts: SLURM's task id
+    under srun, else Lightning's ``NODE_RANK``/``LOCAL_RANK`` of the processes it spawns."""
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or local + 1
+    return int(os.environ.get("NODE_RANK", "0")) * per_node + local
+
+
+def rank_suffix() -> str:
+    """``""`` in the first process, ``_rank<N>`` in the others (their own log files)."""
+    rank = process_rank()
+    return f"_rank{rank}" if rank else ""
 
 
 def to_plain(value):

@@ -88,3 +88,12 @@ def tiny_train_overrides(data_dir: Path, out_dir: Path, model: str = "lrcsnet", 
         f"paths.output_dir={out_dir}",
         f"paths.log_dir={out_dir}/logs",
     ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers and process groups the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

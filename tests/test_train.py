@@ -119,16 +119,3 @@ def test_other_loggers(tiny_data, tmp_path, logger, monkeypatch):
     if logger == "many":
         assert (tmp_path / "csv" / "metrics.csv").is_file()
         assert list((tmp_path / "wandb").glob("offline-run-*"))
-
-
-def test_ddp_two_cpu_processes(tiny_data, tmp_path):
-    """trainer=ddp_cpu: a real 2-process fit (gloo) through the command line."""
-    run_dir = tmp_path / "run"
-    overrides = [o for o in tiny_train_overrides(tiny_data, run_dir) if not o.startswith("paths.output_dir")]
-    result = subprocess.run(
-        [sys.executable, "train.py", *overrides, "trainer=ddp_cpu", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting with 2 processes" in result.stdout + result.stderr
-    assert (run_dir / "checkpoints" / "best.ckpt").is_file()

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.analysis.metrics import scores_from_confusion
@@ -60,6 +61,9 @@ class SegmentationModule(pl.LightningModule):
             loss = {"_target_": "monai.losses.DiceCELoss", "to_onehot_y": True, "softmax": True}
         self.loss_fn = instantiate(loss)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=len(class_names))
+        # the tile-weighted mean validation loss, summed over processes by torchmetrics (exact
+        # with uneven shares; Lightning's own mean reduction rounds the summed batch sizes)
+        self.val_loss = MeanMetric()
 
     @property
     def spatial_dims(self) -> int:
@@ -85,12 +89,21 @@ class SegmentationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        """Every process validates the weights rank 0 checkpoints: BatchNorm running statistics
+        drift apart per process during training (DDP broadcasts them only before each training
+        forward, then every process updates them with its own batch)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            for buffer in self.net.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
         preds = logits.argmax(1)
         self.val_confusion.update(preds, batch["label"][:, 0])
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self.val_loss.update(loss.detach(), weight=len(logits))
         return {"preds": preds}
 
     def on_validation_epoch_end(self) -> None:
@@ -101,7 +114,9 @@ class SegmentationModule(pl.LightningModule):
         for name in self.class_names:
             metrics[f"val/iou_{name}"] = scores["iou"][name]
             metrics[f"val/dice_{name}"] = scores["dice"][name]
-        # the confusion matrix is already reduced over processes: no sync needed
+        metrics["val/loss"] = float(self.val_loss.compute())
+        self.val_loss.reset()
+        # the confusion matrix and the loss are already reduced over processes: no sync needed
         self.log_dict({k: float(np.nan_to_num(v)) for k, v in metrics.items()})
         self.log("val/miou", float(np.nan_to_num(scores["miou"])), prog_bar=True)
         self.last_val_scores = scores
