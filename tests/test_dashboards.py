@@ -60,8 +60,12 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_mlflow_server_receives_two_runs(mlflow_server, tiny_data, tmp_path):
+def test_mlflow_server_receives_two_runs(mlflow_server, tiny_data, tmp_path, monkeypatch):
     import train
+
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: undo it after the test so later
+    # subprocesses do not inherit this (then stopped) server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
 
     for seed in (1, 2):
         overrides = tiny_train_overrides(tiny_data, tmp_path / f"run{seed}", logger="mlflow") + [
