@@ -19,7 +19,12 @@ from omegaconf import DictConfig
 
 from src.config import CONFIG_DIR, setup_config_env
 from src.data.volumes import open_volume, output_kind, sample_range
-from src.inference.volume_prediction import PredictionResult, predict_volume, resolve_rank
+from src.inference.volume_prediction import (
+    PredictionResult,
+    predict_volume,
+    resolve_rank,
+    return_freed_memory,
+)
 from src.models.checkpoint import load_segmentation_checkpoint
 
 log = logging.getLogger("predict")
@@ -36,6 +41,7 @@ def prediction_device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> PredictionResult:
     """Check the input, checkpoint and output, then predict this rank's chunks."""
+    return_freed_memory()
     output_kind(cfg.output)
     source = open_volume(cfg.input)
     module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path)

@@ -247,3 +247,12 @@ def test_evaluate_chunked_matches_sliding_window_on_small_slices(tiny_checkpoint
     with pytest.raises(ValueError, match="chunked=true"):
         evaluate.evaluate(compose("evaluate", [f"ckpt_path={tiny_checkpoint}", f"images={image}", "chunked=true",
                                                "tta=true", f"output_dir={tmp_path / 'x'}"]))
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_labels():
+    torch.manual_seed(0)
+    net = LRCSNet(base_filters=4).eval()
+    image = np.random.default_rng(7).random((4, 32, 40)).astype(np.float32)
+    ref = TiledPredictor(net, 2, 8).predict(image, progress=False)
+    np.testing.assert_array_equal(TiledPredictor(net, 2, 8, compile=True).predict(image, progress=False), ref)

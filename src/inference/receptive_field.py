@@ -13,13 +13,12 @@ def receptive_radius(net: nn.Module, spatial_dims: int, size_multiple: int, tria
     """Per axis, the distance (voxels) beyond which an input change cannot reach an output voxel.
 
     Measured, not derived, so it holds for any net (LRCS-Net, U-Net, MONAI nets): the gradient
-    of a ``size_multiple``-wide block of outputs at the centre of a random input, in float64 on
-    the CPU, over ``trials`` inputs (max-pools and ReLUs pass gradient only where they select,
+    of a ``size_multiple``-wide block of outputs at the centre of a random input, on the CPU, over ``trials`` inputs (max-pools and ReLUs pass gradient only where they select,
     so several inputs cover the support). Each axis is probed with a slab that is long along it
     and ``2 * size_multiple`` wide across; the length doubles until the support stops short of
     the ends. Raises ValueError when it still reaches them at ``max_side``.
     """
-    probe = copy.deepcopy(net).to("cpu", torch.float64).eval()
+    probe = copy.deepcopy(net).to("cpu", torch.float32).eval()
     for p in probe.parameters():
         p.requires_grad_(False)
     m = size_multiple
@@ -38,7 +37,7 @@ def receptive_radius(net: nn.Module, spatial_dims: int, size_multiple: int, tria
             block[2 + axis] = slice(c0, c0 + m)
             support = torch.zeros(side, dtype=torch.bool)
             for _ in range(trials):
-                x = torch.rand((1, 1, *shape), generator=gen, dtype=torch.float64, requires_grad=True)
+                x = torch.rand((1, 1, *shape), generator=gen, requires_grad=True)
                 probe(x)[tuple(block)].sum().backward()
                 others = tuple(d for d in range(spatial_dims) if d != axis)
                 support |= (x.grad[0, 0] != 0).any(dim=others) if others else x.grad[0, 0] != 0

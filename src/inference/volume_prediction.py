@@ -62,6 +62,21 @@ class PredictionResult:
         return self.voxels / self.seconds if self.seconds > 0 else float("nan")
 
 
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Serve allocations above ``threshold`` bytes (tiles, activations) by fresh ``mmap`` on
+    glibc, so freed ones go back to the system at once instead of piling up in the per-thread
+    heaps of the reader, writer and compute threads (keeps a long run's RSS flat). False where
+    this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def progress_dir(output: Path) -> Path:
     """Manifest and per-chunk done-markers of an unfinished output (removed when complete)."""
     return output.with_name(output.name + ".progress")
