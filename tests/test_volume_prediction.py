@@ -181,7 +181,7 @@ def env1() -> dict:
 def test_killed_prediction_resumes_at_first_unfinished_chunk(tiny_checkpoint, tmp_path):
     import predict
 
-    image = np.random.default_rng(5).random((60, 96, 88)).astype(np.float32)
+    image = np.random.default_rng(5).random((60, 192, 184)).astype(np.float32)
     write_tiff(tmp_path / "vol.tif", image)
     out = tmp_path / "seg.tif"
     overrides = ["tiling.chunk=[1,null,null]", "tiling.batch_size=1"]

@@ -206,7 +206,7 @@ def predict_volume(
     todo = [i for i in mine if i not in done]
     if max_chunks is not None:
         todo = todo[:max_chunks]
-    skipped = len(mine) - len([i for i in mine if i not in done])
+    skipped = sum(i in done for i in mine)
     if skipped:
         log.info("resuming %s: %d of this rank's %d chunks already done", output, skipped, len(mine))
 
@@ -231,7 +231,7 @@ def predict_volume(
         queue = iter(todo)
 
         def refill() -> None:
-            while len(reads) <= predictor.prefetch:
+            while len(reads) < max(1, predictor.prefetch):
                 index = next(queue, None)
                 if index is None:
                     return
