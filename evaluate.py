@@ -27,6 +27,7 @@ from src.config import CONFIG_DIR, setup_config_env
 from src.data.io import write_json, write_text, write_tiff
 from src.data.sources import load_pair, pair_images_labels, pair_key
 from src.data.transforms import normalize_percentile
+from src.inference.tiled import TiledPredictor
 from src.models.checkpoint import checkpoint_kind, load_segmentation_checkpoint
 from src.prediction import SlidingWindowPredictor
 from src.visualize import save_panel_png
@@ -53,6 +54,27 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def build_predictor(cfg: DictConfig, module) -> SlidingWindowPredictor | TiledPredictor:
+    """``chunked=true``: tiled fully-convolutional chunks (``tiling`` group: exact halos, whole
+    slices, batching, bf16...), the path ``predict.py`` uses for volumes of any size; else the
+    sliding window with Gaussian blending, test-time augmentation and orthogonal planes."""
+    device = resolve_device(cfg.device)
+    if cfg.chunked:
+        if cfg.tta or list(cfg.slice_axes) != [0]:
+            raise ValueError("chunked=true predicts with the net alone: use it without tta=true and slice_axes")
+        return hydra.utils.instantiate(cfg.tiling)(
+            net=module.net, spatial_dims=module.spatial_dims, size_multiple=module.size_multiple, device=device)
+    inference = dict(module.hparams.get("inference") or {})
+    return SlidingWindowPredictor(
+        module.net, module.spatial_dims, module.size_multiple,
+        roi_size=cfg.roi_size or inference.get("roi_size", 256),
+        overlap=cfg.overlap if cfg.overlap is not None else inference.get("overlap", 0.25),
+        sw_batch_size=cfg.sw_batch_size or inference.get("sw_batch_size", 8),
+        mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=device,
+        tta=cfg.tta, slice_axes=list(cfg.slice_axes),
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -114,15 +136,7 @@ def load_model_predictor(cfg: DictConfig) -> tuple[Callable, list[str], dict, di
     if cfg.ckpt_path is None:
         raise ValueError("ckpt_path=... is required with method=model (or choose method=otsu|kmeans|random_forest)")
     module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path, expected_model=cfg.get("model_name"))
-    inference = dict(module.hparams.get("inference") or {})
-    predictor = SlidingWindowPredictor(
-        module.net, module.spatial_dims, module.size_multiple,
-        roi_size=cfg.roi_size or inference.get("roi_size", 256),
-        overlap=cfg.overlap if cfg.overlap is not None else inference.get("overlap", 0.25),
-        sw_batch_size=cfg.sw_batch_size or inference.get("sw_batch_size", 8),
-        mode=cfg.blend_mode, slice_batch=cfg.slice_batch, device=resolve_device(cfg.device),
-        tta=cfg.tta, slice_axes=list(cfg.slice_axes),
-    )
+    predictor = build_predictor(cfg, module)
     probs_axis = 1 if module.spatial_dims == 2 else 0  # where 2D nets stack slices of a volume
 
     def predict(image: np.ndarray, on_probs: Callable | None) -> np.ndarray:

@@ -1,0 +1,275 @@
+"""Whole-volume prediction speed and memory: our tiled path against MONAI's sliding window.
+
+``speed``: for each model (untrained weights, throughput does not depend on them; batch-norm
+statistics set from 4 slices so that the labels vary) and volume, in fresh processes side by side: our path (``predict_volume``: TIFF on disk → Zarr,
+whole slices, batch 8, channels-last; fp32 and bf16 autocast) and the peer, MONAI's
+``SliceInferer`` (its sliding window over the slices of the whole in-memory volume) with its
+defaults (sw_batch_size 1, overlap 0.25, constant blending) and the model's configured window
+(roi 256). Prints voxels/s, peak RSS, ratios, label agreement with the peer, FLOPs per voxel
+(``torch.utils.flop_counter``) and the achieved GFLOP/s (net FLOPs per output voxel × voxels/s).
+
+``memory``: writes a large uint16 TIFF (default 2048 × 1024 × 1024, 4 GiB) and runs
+``predict.py`` on it under ``/usr/bin/time -v`` with a small LRCS-Net (base_filters 2), output
+Zarr; prints the volume size, the peak RSS and their ratio.
+
+    python benchmarks/inference.py speed --shapes 256 32x512x512 --models lrcsnet unet
+    python benchmarks/inference.py memory --shape 2048 1024 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NETS = {
+    "lrcsnet": {"_target_": "src.models.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 32},
+    "unet": {"_target_": "src.models.unet.UNet", "spatial_dims": 2, "num_classes": 3, "base_filters": 16, "depth": 4},
+    "lrcsnet_tiny": {"_target_": "src.models.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2},
+}
+ROI = 256  # the models' configured window (conf/model/base/segmentation.yaml inference.roi_size)
+
+
+def build_net(name: str):
+    import torch
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    return instantiate(NETS[name]).eval()
+
+
+def calibrate_batch_norm(net, volume: str, value_range: tuple[float, float]) -> None:
+    """Set the batch-norm statistics of an untrained net from 4 slices of the volume, so that
+    its labels vary with the data (identical for both methods; no weights are trained)."""
+    import torch
+
+    from src.data.transforms import normalize_percentile
+    from src.data.volumes import open_volume
+
+    with open_volume(volume) as source:
+        zs = np.linspace(0, source.shape[0] - 1, 4).round().astype(int)
+        x = np.stack([source.read((slice(z, z + 1),))[0] for z in zs])
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(normalize_percentile(x, value_range=value_range))[:, None])
+    net.eval()
+
+
+def flops_per_voxel(name: str, side: int = 256) -> float:
+    """Net FLOPs (2 per multiply-add) per output voxel, counted on one side × side slice."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_net(name)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        net(torch.zeros(1, 1, side, side))
+    return counter.get_total_flops() / side**2
+
+
+def write_volume(path: Path, shape: tuple[int, int, int], dtype=np.float32, slab: int = 32) -> None:
+    """A smooth random grey volume (three phases plus noise), written slab by slab (bounded
+    memory); slabs are shifted copies of one random slab, so large volumes are quick to make."""
+    import tifffile
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    slab = min(slab, shape[0])
+    field = ndimage.gaussian_filter(rng.standard_normal((slab, *shape[1:]), np.float32), (1, 3, 3))
+    grey = np.digitize(field, np.quantile(field[0], [0.4, 0.55])).astype(np.float32)
+    grey += rng.normal(0, 0.3, grey.shape).astype(np.float32)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        grey = np.clip(grey * 8000 + 10000, 0, 65535)
+    grey = grey.astype(dtype)
+    mapped = tifffile.memmap(path, shape=shape, dtype=dtype, photometric="minisblack", bigtiff=True)
+    for k, z in enumerate(range(0, shape[0], slab)):
+        n = min(slab, shape[0] - z)
+        mapped[z:z + n] = np.roll(grey[:n], (37 * k, 91 * k), axis=(1, 2))
+        mapped.flush()
+    del mapped
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(a: argparse.Namespace) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    import torch
+
+    from src.data.volumes import open_volume, sample_range
+
+    torch.set_num_threads(a.threads)
+    net = build_net(a.model)
+    labels_path = Path(a.labels_out)
+    value_range = sample_range(open_volume(a.volume))
+    calibrate_batch_norm(net, a.volume, value_range)
+    if a.method == "monai":
+        import tifffile
+        from monai.inferers import SliceInferer
+
+        from src.data.transforms import normalize_percentile
+
+        start = time.perf_counter()
+        image = normalize_percentile(tifffile.imread(a.volume), value_range=value_range)
+        inferer = SliceInferer(roi_size=(ROI, ROI), spatial_dim=0, progress=False)
+        with torch.inference_mode():
+            probs = inferer(torch.from_numpy(image)[None, None], net)
+        labels = probs[0].argmax(0).to(torch.uint8).numpy()
+        seconds = time.perf_counter() - start
+        np.save(labels_path, labels)
+    else:
+        import zarr
+
+        from src.inference.tiled import TiledPredictor
+        from src.inference.volume_prediction import predict_volume
+
+        predictor = TiledPredictor(net, 2, net.size_multiple if hasattr(net, "size_multiple") else 8,
+                                   batch_size=8, channels_last=True, precision=a.precision)
+        out = labels_path.with_suffix(".zarr")
+        start = time.perf_counter()
+        predict_volume(predictor, a.volume, out, value_range=value_range, progress=False, overwrite=True)
+        seconds = time.perf_counter() - start
+        rss = peak_rss_mb()
+        np.save(labels_path, zarr.open_group(str(out), mode="r")["labels"][:])
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": rss}))
+        return
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_worker(**kw) -> dict:
+    args = [sys.executable, __file__, "_worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(kw["threads"])}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def speed(a: argparse.Namespace) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
+        for spec in a.shapes:
+            shape = tuple(int(v) for v in spec.lower().split("x")) if "x" in spec else (int(spec),) * 3
+            side = "x".join(map(str, shape))
+            volume = Path(tmp) / f"vol{side}.tif"
+            write_volume(volume, shape)
+            n_vox = int(np.prod(shape))
+            for model in a.models:
+                fpv = flops_per_voxel(model)
+                methods = [("MONAI SliceInferer (defaults)", "monai", "fp32"), ("ours fp32", "ours", "fp32"),
+                           ("ours bf16", "ours", "bf16")]
+                times: dict[str, list[dict]] = {m[0]: [] for m in methods}
+                for _ in range(a.repeats):
+                    for label, method, precision in methods:
+                        res = run_worker(model=model, method=method, precision=precision, volume=volume,
+                                         labels_out=Path(tmp) / f"{model}_{side}_{method}_{precision}.npy",
+                                         threads=a.threads)
+                        times[label].append(res)
+                        print(f"  {model} {side} {label}: {res['seconds']:.1f} s, {res['peak_rss_mb']:.0f} MB", flush=True)
+                peer = np.load(Path(tmp) / f"{model}_{side}_monai_fp32.npy")
+                peer_s = float(np.median([r["seconds"] for r in times[methods[0][0]]]))
+                for label, method, precision in methods:
+                    sec = float(np.median([r["seconds"] for r in times[label]]))
+                    rss = float(np.median([r["peak_rss_mb"] for r in times[label]]))
+                    labels = np.load(Path(tmp) / f"{model}_{side}_{method}_{precision}.npy")
+                    rows.append({"model": model, "size": side, "method": label, "seconds": sec,
+                                 "mvox_s": n_vox / sec / 1e6, "peak_rss_mb": rss, "speedup": peer_s / sec,
+                                 "agree": float((labels == peer).mean()), "kflop_per_voxel": fpv / 1e3,
+                                 "gflop_s": fpv * n_vox / sec / 1e9})
+    print_table(rows, a)
+
+
+def print_table(rows: list[dict], a: argparse.Namespace) -> None:
+    machine = f"{platform.processor() or platform.machine()}, {a.threads} threads, {time.strftime('%Y-%m-%d')}"
+    print(f"\nWhole-volume prediction, untrained weights, batch norm set from 4 slices ({machine})\n")
+    print("| model | volume | method | time (s) | Mvoxel/s | peak RSS (MB) | speed-up vs MONAI | labels = MONAI | kFLOP/voxel | GFLOP/s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['size']} | {r['method']} | {r['seconds']:.1f} | {r['mvox_s']:.3f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['speedup']:.2f}x | {100 * r['agree']:.2f}% | {r['kflop_per_voxel']:.0f} | {r['gflop_s']:.1f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+def memory(a: argparse.Namespace) -> None:
+    import torch
+
+    from src.models.segmentation_module import SegmentationModule
+
+    shape = tuple(a.shape)
+    with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
+        volume = Path(tmp) / "big.tif"
+        t0 = time.perf_counter()
+        write_volume(volume, shape, np.uint16)
+        print(f"wrote {volume} {shape} uint16, {volume.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        torch.manual_seed(0)
+        module = SegmentationModule(net=NETS[a.model], class_names=["NMC", "CBD", "pore"], name=a.model)
+        ckpt = Path(tmp) / "net.ckpt"
+        torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+        out = Path(tmp) / "seg.zarr"
+        cmd = ["/usr/bin/time", "-v", sys.executable, "predict.py", f"ckpt_path={ckpt}", f"input={volume}",
+               f"output={out}", "progress=false", f"hydra.run.dir={tmp}/run", *a.overrides]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+        seconds = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-3000:])
+        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+        import zarr
+
+        labels = zarr.open_group(str(out), mode="r")["labels"]
+        fractions = np.bincount(labels[:: max(1, shape[0] // 16)].reshape(-1), minlength=3) / labels[:: max(1, shape[0] // 16)].size
+        vol_bytes = volume.stat().st_size
+        print("\n| volume | model | time (s) | Mvoxel/s | peak RSS (MB) | volume / peak RSS |")
+        print("|---|---|---:|---:|---:|---:|")
+        print(f"| {'x'.join(map(str, shape))} uint16, {vol_bytes / 2**30:.2f} GiB TIFF → Zarr | {a.model} | {seconds:.0f} | "
+              f"{np.prod(shape) / seconds / 1e6:.2f} | {rss_kb / 1024:.0f} | {vol_bytes / (rss_kb * 1024):.1f}x |")
+        print(f"label fractions (sampled slices): {np.round(fractions, 3).tolist()}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--shapes", nargs="+", default=["256"], help="cube sides (256) or ZxYxX (32x512x512)")
+    s.add_argument("--models", nargs="+", default=["lrcsnet", "unet"], choices=sorted(NETS))
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--tmp", default=None)
+    s.add_argument("--json", default=None)
+    m = sub.add_parser("memory")
+    m.add_argument("--shape", type=int, nargs=3, default=[2048, 1024, 1024])
+    m.add_argument("--model", default="lrcsnet_tiny", choices=sorted(NETS))
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--tmp", default=None)
+    m.add_argument("overrides", nargs="*", help="predict.py overrides, e.g. tiling.batch_size=4")
+    w = sub.add_parser("_worker")
+    for name in ("model", "method", "precision", "volume", "labels-out"):
+        w.add_argument(f"--{name}", required=True)
+    w.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    {"speed": speed, "memory": memory, "_worker": worker}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

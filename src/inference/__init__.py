@@ -1,0 +1,1 @@
+"""Whole-volume prediction: tiled fully-convolutional chunks, out of core, resumable, sharded."""

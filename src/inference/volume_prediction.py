@@ -1,0 +1,266 @@
+"""Predict a whole volume chunk by chunk: lazy input, incremental output, resumable, sharded.
+
+Each chunk is read (in a background thread, ahead of the net), predicted and written to the
+output (in another thread); a done-marker per chunk is written after its data, so a killed run
+restarts at the first unfinished chunk. Chunks are dealt round-robin to ``world_size``
+processes (the ranks of a DDP job or of separate launches); every rank writes its own chunks
+into the one shared output, and the rank that writes the last marker finishes the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from src.data.io import write_json
+from src.data.volumes import (
+    MemoryOutput,
+    VolumeOutput,
+    VolumeSource,
+    create_output,
+    open_output,
+    open_volume,
+    output_exists,
+    output_kind,
+    remove_output,
+)
+from src.inference.tiled import TiledPredictor
+
+log = logging.getLogger(__name__)
+
+#: seconds a rank waits for another rank to create the shared output
+CREATE_TIMEOUT_S = 600.0
+
+
+@dataclass
+class PredictionResult:
+    """What a (part of a) run did. ``labels``/``probabilities`` are arrays only in memory."""
+
+    n_chunks: int
+    computed: list[int]
+    skipped: int
+    seconds: float
+    voxels: int
+    finished: bool
+    labels: Any = None
+    probabilities: Any = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def voxels_per_s(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else float("nan")
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Serve allocations above ``threshold`` bytes (tiles, activations) by fresh ``mmap`` on
+    glibc, so freed ones go back to the system at once instead of piling up in the per-thread
+    heaps of the reader, writer and compute threads (keeps a long run's RSS flat). False where
+    this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def progress_dir(output: Path) -> Path:
+    """Manifest and per-chunk done-markers of an unfinished output (removed when complete)."""
+    return output.with_name(output.name + ".progress")
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): given ones, else torch.distributed's when initialised, else the
+    ``RANK``/``WORLD_SIZE`` environment (torchrun, SLURM wrappers), else (0, 1)."""
+    import torch.distributed as dist
+
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) if rank is None else rank
+            world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1))) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    return int(rank), int(world_size)
+
+
+def _marker(progress: Path, index: int) -> Path:
+    return progress / "done" / f"{index:08d}"
+
+
+def _done(progress: Path) -> set[int]:
+    folder = progress / "done"
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+def _try_lock(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _open_shared_output(output: Path, manifest: dict, n_classes: int, overwrite: bool) -> VolumeOutput:
+    """Create the output (one rank) or open it (resume, other ranks), checking the manifest."""
+    progress = progress_dir(output)
+    manifest_path = progress / "manifest.json"
+    if not manifest_path.exists():
+        if not progress.exists() and output_exists(output) and not overwrite:
+            raise FileExistsError(f"output {output} exists (a finished prediction); pass overwrite=true to replace it")
+        (progress / "done").mkdir(parents=True, exist_ok=True)
+        lock = progress / "create.lock"
+        if _try_lock(lock):
+            try:
+                if output_exists(output):
+                    remove_output(output)
+                out = create_output(output, tuple(manifest["shape"]), tuple(manifest["chunk"]), n_classes,
+                                    {"class_names": manifest["class_names"], "source": manifest["input"]})
+                write_json(manifest_path, manifest)
+                return out
+            except BaseException:
+                shutil.rmtree(progress, ignore_errors=True)
+                raise
+        start = time.monotonic()
+        while not manifest_path.exists():  # another rank is creating it
+            if not lock.exists() or time.monotonic() - start > CREATE_TIMEOUT_S:
+                raise RuntimeError(f"output {output}: the rank creating it failed or timed out; see its log")
+            time.sleep(0.2)
+    stored = json.loads(manifest_path.read_text())
+    differ = {k: (stored.get(k), v) for k, v in manifest.items() if stored.get(k) != v}
+    if differ:
+        if overwrite:
+            raise FileExistsError(f"output {output} is an unfinished prediction with other settings {differ}; "
+                                  f"delete {output} and {progress} to start again")
+        raise ValueError(f"cannot resume {output}: settings differ from the unfinished run (stored, now): {differ}; "
+                         f"pass the same settings, or delete {output} and {progress}")
+    return open_output(output)
+
+
+def predict_volume(
+    predictor: TiledPredictor,
+    source: VolumeSource | np.ndarray | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    value_range: tuple[float, float],
+    save_probabilities: bool = False,
+    class_names: list[str] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    settings: dict | None = None,
+    max_chunks: int | None = None,
+) -> PredictionResult:
+    """Predict ``source`` into ``output`` (``.zarr`` or ``.tif``; ``None`` = in memory).
+
+    ``value_range`` (lo, hi) maps grey values to (x - lo) / (hi - lo). With an output path a
+    run resumes an unfinished one with the same settings (``settings`` are extra entries that
+    must match, e.g. the checkpoint), skipping chunks already done; ``max_chunks`` stops this
+    rank after that many chunks (for tests and time-limited jobs). Returns what was done.
+    """
+    src = source if isinstance(source, VolumeSource) else open_volume(source)
+    if src.ndim < predictor.spatial_dims:
+        raise ValueError(f"{src.name}: a {src.ndim}D image of shape {src.shape} cannot be predicted with a "
+                         f"{predictor.spatial_dims}D net")
+    grid = predictor.grid(src.shape)
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must have hi > lo, got {value_range}")
+    n_classes = int(getattr(predictor.net, "num_classes", 0) or 0) or len(class_names or []) or None
+    rank, world_size = resolve_rank(rank, world_size) if output is not None else (0, 1)
+    out_shape = src.shape
+    chunk_out = grid.chunk if src.ndim == 3 else grid.chunk[1:]
+    manifest = {
+        "input": src.name, "shape": list(out_shape), "dtype": str(src.dtype), "chunk": list(chunk_out),
+        "halo": list(grid.halo), "value_range": [lo, hi], "save_probabilities": bool(save_probabilities),
+        "class_names": list(class_names or []), **(settings or {}),
+    }
+    progress_path = None
+    if output is None:
+        out: VolumeOutput | None = None
+        done: set[int] = set()
+    else:
+        output = Path(output)
+        output_kind(output)
+        if save_probabilities and not n_classes:
+            raise ValueError("save_probabilities needs the number of classes (class_names or net.num_classes)")
+        out = _open_shared_output(output, manifest, n_classes if save_probabilities else 0, overwrite)
+        progress_path = progress_dir(output)
+        done = _done(progress_path)
+    mine = [i for i in range(len(grid)) if i % world_size == rank]
+    todo = [i for i in mine if i not in done]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    skipped = sum(i in done for i in mine)
+    if skipped:
+        log.info("resuming %s: %d of this rank's %d chunks already done", output, skipped, len(mine))
+
+    def write(index: int, labels: np.ndarray, probs: np.ndarray | None) -> None:
+        region = grid.core(index) if src.ndim == 3 else grid.core(index)[1:]
+        if src.ndim == 2:
+            labels, probs = labels[0], None if probs is None else probs[:, 0]
+        nonlocal out
+        if out is None:
+            out = MemoryOutput(src.shape, probs.shape[0] if probs is not None else 0, probs is not None)
+        out.write(region, labels, probs)
+        if progress_path is not None:
+            _marker(progress_path, index).touch()
+
+    start = time.perf_counter()
+    voxels = sum(grid.voxels(i) for i in todo)
+    bar = tqdm(total=voxels, unit="vox", unit_scale=True, desc=f"predict {Path(src.name).name}"
+               + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""), disable=not progress, smoothing=0.1)
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        reads: deque[tuple[int, Future]] = deque()
+        writes: deque[Future] = deque()
+        queue = iter(todo)
+
+        def refill() -> None:
+            while len(reads) < max(1, predictor.prefetch):
+                index = next(queue, None)
+                if index is None:
+                    return
+                reads.append((index, reader.submit(predictor.read_tile, src, grid, index, (lo, hi))))
+
+        refill()
+        while reads:
+            index, future = reads.popleft()
+            tile = future.result()
+            refill()
+            labels, probs = predictor.predict_tile(tile, grid, index, save_probabilities)
+            writes.append(writer.submit(write, index, labels, probs))
+            while len(writes) > 2 or (writes and writes[0].done()):
+                writes.popleft().result()
+            bar.update(grid.voxels(index))
+        for f in writes:
+            f.result()
+    bar.close()
+    seconds = time.perf_counter() - start
+    finished = True
+    if progress_path is not None and out is not None:
+        finished = len(_done(progress_path)) == len(grid)
+        if finished and _try_lock(progress_path / "finalize.lock"):
+            out.finalize()
+            shutil.rmtree(progress_path)
+            log.info("prediction complete: %s", output)
+    if src is not source:
+        src.close()
+    result = PredictionResult(len(grid), todo, skipped, seconds, voxels, finished, manifest=manifest)
+    if output is None and out is not None:
+        result.labels, result.probabilities = out.labels, out.probabilities
+    return result
