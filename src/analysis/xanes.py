@@ -44,6 +44,7 @@ __all__ = [
     "load_spectrum",
     "mixture_edge_lookup",
     "normalize_spectra",
+    "smooth_spectra",
     "steepest_slope_energy",
     "white_line_energy",
 ]
@@ -154,37 +155,42 @@ def normalize_spectra(
     """Pre-edge / post-edge normalisation of ``spectra`` ``(E, ...)`` (see the module doc)."""
     ranges = ranges or EdgeRanges()
     energies, flat, rest = _check(energies, spectra)
-    y = flat.astype(np.float64, copy=False)
+    dtype = np.result_type(flat.dtype, np.float32)  # float32 stays float32 (half the memory traffic)
+    y = flat.astype(dtype, copy=False)
     de = energies - ranges.e0
     pre = _in(energies, ranges.absolute("pre"), "pre-edge", 2)
     post = _in(energies, ranges.absolute("post"), "post-edge", ranges.post_order + 1)
     a_pre = np.stack([np.ones(pre.sum()), de[pre]], 1)
-    pre_coef = np.linalg.lstsq(a_pre, y[pre], rcond=None)[0]  # (2, N)
+    pre_coef = (np.linalg.pinv(a_pre).astype(dtype) @ y[pre])  # (2, N)
     a_post = np.stack([de[post] ** k for k in range(ranges.post_order + 1)], 1)
-    post_coef = np.linalg.lstsq(a_post, y[post], rcond=None)[0]  # (order+1, N)
-    pre_line = pre_coef[0] + de[:, None] * pre_coef[1]  # (E, N)
+    post_coef = (np.linalg.pinv(a_post).astype(dtype) @ y[post])  # (order+1, N)
+    de_c = de.astype(dtype)[:, None]
     jump = post_coef[0] - pre_coef[0]  # both evaluated at e0
-    resid = y[pre] - a_pre @ pre_coef
+    resid = y[pre] - a_pre.astype(dtype) @ pre_coef
     pre_noise = np.sqrt((resid ** 2).mean(0))
-    safe = np.where(np.abs(jump) > 0, jump, np.nan)
-    norm = (y - pre_line) / safe
+    inv = np.where(np.abs(jump) > 0, 1 / np.where(jump == 0, 1, jump), np.nan).astype(dtype)
+    norm = y - pre_coef[0]
+    norm -= de_c * pre_coef[1]
+    norm *= inv
     if ranges.flatten:
-        post_curve = sum(post_coef[k] * de[:, None] ** k for k in range(ranges.post_order + 1))
-        excess = (post_curve - pre_line) / safe - 1.0  # 0 at e0
-        norm = norm - np.where(de[:, None] > 0, excess, 0.0)
+        above = de > 0
+        post_curve = sum(post_coef[k] * de_c[above] ** k for k in range(ranges.post_order + 1))
+        pre_above = pre_coef[0] + de_c[above] * pre_coef[1]
+        norm[above] -= (post_curve - pre_above) * inv - 1  # the post-edge curvature, 0 at e0
     return NormalizedSpectra(
         norm=norm.reshape(energies.size, *rest), jump=jump.reshape(rest),
         pre_noise=pre_noise.reshape(rest), pre_coef=pre_coef.reshape(2, *rest),
         post_coef=post_coef.reshape(-1, *rest), ranges=ranges)
 
 
-def _savgol(energies: np.ndarray, y: np.ndarray, points: int) -> np.ndarray:
-    """Savitzky–Golay (quadratic) smoothing along the energy axis; ``points`` odd, 0 = off."""
+def smooth_spectra(energies: np.ndarray, y: np.ndarray, points: int) -> np.ndarray:
+    """Savitzky–Golay (quadratic, ``points`` samples, 0 = off) smoothing along the energy axis
+    (axis 0), edges by repeating the end samples."""
     if points <= 2:
         return y
     from scipy.signal import savgol_filter
 
-    return savgol_filter(y, points | 1, 2, axis=0, mode="interp")
+    return savgol_filter(y, points | 1, 2, axis=0, mode="nearest")
 
 
 def half_jump_energy(
@@ -195,7 +201,7 @@ def half_jump_energy(
     ``window`` (absolute eV), linearly interpolated; NaN where there is none."""
     energies, y, rest = _check(energies, norm)
     nan = ~np.isfinite(y).all(0)
-    y = _savgol(energies, np.where(nan[None], 0.0, y), smooth_points)
+    y = smooth_spectra(energies, np.where(nan[None], 0.0, y), smooth_points)
     sel = np.flatnonzero((energies >= window[0]) & (energies <= window[1]))
     if sel.size < 2:
         raise ValueError(f"edge window {window} holds fewer than 2 energies")
@@ -217,7 +223,7 @@ def steepest_slope_energy(
 ) -> np.ndarray:
     """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola."""
     energies, y, rest = _check(energies, norm)
-    y = _savgol(energies, y, smooth_points)
+    y = smooth_spectra(energies, y, smooth_points)
     d = np.gradient(y, energies, axis=0)
     return _refined_argmax(energies, d, window, half_width=None).reshape(rest)
 
@@ -243,26 +249,38 @@ def _refined_argmax(
     ys = np.nan_to_num(y[sel], nan=-np.inf)
     k = np.argmax(ys, axis=0)  # (N,)
     peak_e = e[k]
-    if half_width is None:
-        idx = np.arange(e.size)[:, None]
-        w = (np.abs(idx - np.clip(k, 1, e.size - 2)) <= 1).astype(float)
-    else:
-        w = (np.abs(e[:, None] - peak_e[None]) <= half_width).astype(float)
-    x = e[:, None] - peak_e[None]  # centred for conditioning, (W, N)
-    ys = np.where(np.isfinite(ys), ys, 0.0)
-    s = [np.sum(w * x ** p, 0) for p in range(5)]
-    t = [np.sum(w * ys * x ** p, 0) for p in range(3)]
-    m = np.stack([np.stack([s[0], s[1], s[2]], -1), np.stack([s[1], s[2], s[3]], -1),
-                  np.stack([s[2], s[3], s[4]], -1)], -2)  # (N, 3, 3)
-    rhs = np.stack(t, -1)[..., None]
-    ok = np.abs(np.linalg.det(m)) > 1e-12 * np.maximum(s[0], 1) ** 3
-    m[~ok] = np.eye(3)
-    coef = np.linalg.solve(m, rhs)[..., 0]  # (N, 3): c0 + c1 x + c2 x^2
+    if half_width is None:  # the 3 samples around the maximum
+        m = 1
+        offsets = np.arange(-1, 2)[:, None]
+        centre = np.clip(k, 1, e.size - 2)
+    else:  # enough samples either side to cover half_width on the finest spacing
+        m = int(min(np.ceil(half_width / np.min(np.diff(e))), e.size // 2))
+        offsets = np.arange(-m, m + 1)[:, None]
+        centre = k
+    idx = np.clip(centre[None] + offsets, 0, e.size - 1)  # (2m+1, N) gathered neighbourhood
+    ew = e[idx]
+    yw = np.take_along_axis(ys, idx, 0)
+    inside = (idx == centre[None] + offsets) & np.isfinite(yw)
+    if half_width is not None:
+        inside &= np.abs(ew - peak_e[None]) <= half_width
+    w = inside.astype(float)
+    x = ew - peak_e[None]  # centred for conditioning
+    yw = np.where(inside, yw, 0.0)
+    x2 = x * x
+    s0, s1, s2 = w.sum(0), (w * x).sum(0), (w * x2).sum(0)
+    s3, s4 = (w * x2 * x).sum(0), (w * x2 * x2).sum(0)
+    t0, t1, t2 = (w * yw).sum(0), (w * yw * x).sum(0), (w * yw * x2).sum(0)
+    m3 = np.stack([np.stack([s0, s1, s2], -1), np.stack([s1, s2, s3], -1),
+                   np.stack([s2, s3, s4], -1)], -2)  # (N, 3, 3)
+    rhs = np.stack([t0, t1, t2], -1)[..., None]
+    ok = (s0 >= 3) & (np.abs(np.linalg.det(m3)) > 1e-12 * np.maximum(s4, 1e-30) * np.maximum(s0, 1) ** 2)
+    m3[~ok] = np.eye(3)
+    coef = np.linalg.solve(m3, rhs)[..., 0]  # (N, 3): c0 + c1 x + c2 x^2
     c1, c2 = coef[:, 1], coef[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         vertex = peak_e - c1 / (2 * c2)
     good = ok & (c2 < 0)
-    span = (half_width if half_width is not None else np.max(np.diff(e)))
+    span = half_width if half_width is not None else np.max(np.diff(e))
     vertex = np.where(good, np.clip(vertex, peak_e - span, peak_e + span), peak_e)
     return np.clip(vertex, e[0], e[-1])
 
@@ -327,7 +345,8 @@ def linear_combination_fit(
     energies (e.g. an LCF window). NaN spectra give NaN weights.
     """
     refs = np.asarray(references, float)
-    y = np.asarray(spectra, float)
+    y = np.asarray(spectra)
+    y = y.astype(np.result_type(y.dtype, np.float32), copy=False)
     if refs.ndim != 2 or refs.shape[0] != y.shape[0]:
         raise ValueError(f"references must be (E, K) with E = {y.shape[0]}, got {refs.shape}")
     n_e, k = refs.shape
@@ -338,9 +357,13 @@ def linear_combination_fit(
     if fit_mask is not None:
         fit_mask = np.asarray(fit_mask, bool)
         refs, y = refs[fit_mask], y[fit_mask]
+    refs = refs.astype(y.dtype)
     bad = ~np.isfinite(y).all(0)
     y = np.where(bad[None], 0.0, y)
     n = y.shape[1]
+    yy = (y * y).sum(0)
+    aty = refs.T @ y  # (K, N): everything below works on K x N numbers
+    gram = refs.T @ refs
     supports = [s for r in range(1, k + 1) for s in itertools.combinations(range(k), r)]
     if not nonnegative:
         supports = [tuple(range(k))]
@@ -348,21 +371,22 @@ def linear_combination_fit(
     best_r = np.full(n, np.inf)
     if nonnegative and not sum_to_one:  # the empty support (all weights zero) is feasible
         best_w[:] = 0.0
-        best_r = (y ** 2).sum(0)
+        best_r = yy.copy()
     for sup in supports:
-        a = refs[:, sup]  # (E', s)
-        gram_inv = np.linalg.pinv(a.T @ a)
-        w = gram_inv @ (a.T @ y)  # (s, N)
+        sup_l = list(sup)
+        g = gram[np.ix_(sup_l, sup_l)]
+        gram_inv = np.linalg.pinv(g)
+        w = gram_inv @ aty[sup_l]  # (s, N)
         if sum_to_one:
             ones = np.ones(len(sup))
             g1 = gram_inv @ ones
             w = w - np.outer(g1, (ones @ w - 1.0) / (ones @ g1))
-        r = ((y - a @ w) ** 2).sum(0)
+        r = np.maximum(yy - 2 * (w * aty[sup_l]).sum(0) + (w * (g @ w)).sum(0), 0.0)
         feasible = np.all(w >= -1e-12, 0) if nonnegative else np.ones(n, bool)
         better = feasible & (r < best_r)
         if better.any():
             full = np.zeros((k, better.sum()))
-            full[list(sup)] = np.maximum(w[:, better], 0.0) if nonnegative else w[:, better]
+            full[sup_l] = np.maximum(w[:, better], 0.0) if nonnegative else w[:, better]
             best_w[:, better] = full
             best_r[better] = r[better]
     best_w[:, bad] = np.nan

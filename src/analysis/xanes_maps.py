@@ -36,6 +36,7 @@ from src.analysis.xanes import (
     linear_combination_fit,
     mixture_edge_lookup,
     normalize_spectra,
+    smooth_spectra,
     steepest_slope_energy,
     white_line_energy,
 )
@@ -107,20 +108,22 @@ def analyze_stack(
     starts = range(0, idx.size, cfg.chunk_voxels)
     for start in tqdm(starts, desc="XANES fit", disable=not progress, leave=False):
         sl = slice(start, start + cfg.chunk_voxels)
-        y = np.asarray(flat[:, idx[sl]], np.float64)
+        y = np.asarray(flat[:, idx[sl]], np.float32)
         n = normalize_spectra(energies, y, cfg.ranges)
         valid = (n.jump > cfg.min_jump) & (n.jump > cfg.min_jump_snr * n.pre_noise)
-        norm = np.where(valid[None], n.norm, np.nan)
+        norm = np.nan_to_num(n.norm)
+        smooth = smooth_spectra(energies, norm, cfg.smooth_points)
         values["jump"][sl] = n.jump
         values["valid"][sl] = valid
-        values["edge_energy"][sl] = half_jump_energy(energies, norm, edge_win, smooth_points=cfg.smooth_points)
-        values["edge_energy_slope"][sl] = np.where(
-            valid, steepest_slope_energy(energies, np.nan_to_num(norm), edge_win, cfg.smooth_points), np.nan)
-        values["white_line"][sl] = np.where(
-            valid, white_line_energy(energies, np.nan_to_num(norm), wl_win, cfg.ranges.white_line_half_width), np.nan)
+        for key, est in (("edge_energy", half_jump_energy(energies, smooth, edge_win)),
+                         ("edge_energy_slope", steepest_slope_energy(energies, smooth, edge_win)),
+                         ("white_line", white_line_energy(energies, norm, wl_win,
+                                                          cfg.ranges.white_line_half_width))):
+            values[key][sl] = np.where(valid, est, np.nan)
         if refs is None:
             continue
-        fit = linear_combination_fit(norm, refs, nonnegative=cfg.nonnegative, sum_to_one=cfg.sum_to_one)
+        fit = linear_combination_fit(np.where(valid[None], norm, np.nan), refs,
+                                     nonnegative=cfg.nonnegative, sum_to_one=cfg.sum_to_one)
         total = fit.weights.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = fit.weights / np.where(total > 0, total, np.nan)
