@@ -61,7 +61,7 @@ class XanesAnalysisConfig:
     """
 
     ranges: EdgeRanges = field(default_factory=EdgeRanges)
-    smooth_points: int = 7
+    smooth_points: int = 11
     min_jump: float = 0.0
     min_jump_snr: float = 3.0
     nonnegative: bool = True

@@ -9,7 +9,8 @@ or an HDF5 dataset; values below 100 are taken as keV and converted to eV. Every
 
 Alignment (:func:`align_stack`): each energy's image is registered to a reference energy by
 phase correlation (:func:`src.analysis.registration.estimate_shift`, Hann-windowed, sub-pixel
-by upsampling) and shifted back with a cubic spline (:func:`scipy.ndimage.shift`).
+by upsampling, refined iteratively) and shifted back with a cubic spline
+(:func:`scipy.ndimage.shift`).
 """
 
 from __future__ import annotations
@@ -144,12 +145,13 @@ def read_spectral_stack(
 
 def align_stack(
     stack: np.ndarray, reference: int = -1, upsample_factor: int = 20, order: int = 3,
-    progress: bool = False,
+    iterations: int = 3, progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Align every energy of ``stack`` ``(E, ...)`` to energy ``reference``.
 
     Returns ``(aligned, shifts)``: the aligned stack (float32, same shape) and ``(E, ndim)``
-    shifts (voxels) that were applied, i.e. the estimated drift is ``-shifts``.
+    shifts (voxels) that were applied, i.e. the estimated drift is ``-shifts``. The residual
+    shift is re-estimated ``iterations`` times (the Hann window biases a single estimate).
     """
     from src.analysis.registration import estimate_shift
 
@@ -160,7 +162,14 @@ def align_stack(
     aligned = np.empty_like(stack)
     shifts = np.zeros((stack.shape[0], stack.ndim - 1))
     for e in tqdm(range(stack.shape[0]), desc="align energies", disable=not progress, leave=False):
-        shift, _ = estimate_shift(ref, stack[e], upsample_factor=upsample_factor)
+        shift = np.zeros(stack.ndim - 1)
+        moved = stack[e]
+        for _ in range(iterations):  # the window biases a shift towards 0: refine the residual
+            step, _ = estimate_shift(ref, moved, upsample_factor=upsample_factor)
+            if not np.any(step):
+                break
+            shift += step
+            moved = ndimage.shift(stack[e], shift, order=order, mode="nearest")
         shifts[e] = shift
-        aligned[e] = ndimage.shift(stack[e], shift, order=order, mode="nearest") if np.any(shift) else stack[e]
+        aligned[e] = moved
     return aligned, shifts

@@ -43,7 +43,7 @@ class XanesModule(pl.LightningModule):
     def __init__(
         self, net: Mapping | nn.Module, task: str = "edge", scan_energies: Sequence[float] | None = None,
         n_input_energies: int | None = None,
-        ranges: Mapping[str, Any] | None = None, smooth_points: int = 7, input_scale: float = 0.02,
+        ranges: Mapping[str, Any] | None = None, smooth_points: int = 11, input_scale: float = 0.02,
         optimizer: Mapping | None = None, scheduler: Mapping | None = None, name: str = "xanes",
     ) -> None:
         super().__init__()
