@@ -27,6 +27,7 @@ number uses (``half_jump`` vs ``steepest_slope``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "smooth_spectra",
     "steepest_slope_energy",
     "white_line_energy",
+    "window_rows",
 ]
 
 
@@ -129,6 +131,18 @@ def load_spectrum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return energies, mu
 
 
+def _argmax0(a: np.ndarray) -> np.ndarray:
+    """``np.argmax(a, axis=0)`` (first maximum) by a loop over the short first axis: row-wise
+    vector operations are several times faster than numpy's strided argmax along axis 0."""
+    best = a[0].copy()
+    k = np.zeros(a.shape[1:], np.intp)
+    for i in range(1, a.shape[0]):
+        better = a[i] > best
+        np.maximum(best, a[i], out=best)
+        k += (i - k) * better  # branch-free: masked writes are slow on random masks
+    return k
+
+
 def _check(energies: np.ndarray, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     energies = np.asarray(energies, float)
     spectra = np.asarray(spectra)
@@ -149,6 +163,20 @@ def _in(energies: np.ndarray, lo_hi: tuple[float, float], what: str, need: int) 
     return sel
 
 
+def _rows(selected: np.ndarray) -> slice:
+    """The contiguous slice of a boolean row selection on sorted energies."""
+    idx = np.flatnonzero(selected)
+    return slice(int(idx[0]), int(idx[-1]) + 1)
+
+
+def window_rows(energies: np.ndarray, window: tuple[float, float], margin: int = 0) -> slice:
+    """Rows of ``energies`` inside ``window`` (absolute eV), widened by ``margin`` rows."""
+    idx = np.flatnonzero((energies >= window[0]) & (energies <= window[1]))
+    if idx.size == 0:
+        raise ValueError(f"no energy inside the window {window}")
+    return slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, energies.size))
+
+
 def normalize_spectra(
     energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges | None = None
 ) -> NormalizedSpectra:
@@ -158,25 +186,26 @@ def normalize_spectra(
     dtype = np.result_type(flat.dtype, np.float32)  # float32 stays float32 (half the memory traffic)
     y = flat.astype(dtype, copy=False)
     de = energies - ranges.e0
-    pre = _in(energies, ranges.absolute("pre"), "pre-edge", 2)
-    post = _in(energies, ranges.absolute("post"), "post-edge", ranges.post_order + 1)
-    a_pre = np.stack([np.ones(pre.sum()), de[pre]], 1)
-    pre_coef = (np.linalg.pinv(a_pre).astype(dtype) @ y[pre])  # (2, N)
+    pre = _rows(_in(energies, ranges.absolute("pre"), "pre-edge", 2))
+    post = _rows(_in(energies, ranges.absolute("post"), "post-edge", ranges.post_order + 1))
+    a_pre = np.stack([np.ones_like(de[pre]), de[pre]], 1)
+    pre_coef = np.linalg.pinv(a_pre).astype(dtype) @ y[pre]  # (2, N)
     a_post = np.stack([de[post] ** k for k in range(ranges.post_order + 1)], 1)
-    post_coef = (np.linalg.pinv(a_post).astype(dtype) @ y[post])  # (order+1, N)
+    post_coef = np.linalg.pinv(a_post).astype(dtype) @ y[post]  # (order+1, N)
     de_c = de.astype(dtype)[:, None]
     jump = post_coef[0] - pre_coef[0]  # both evaluated at e0
     resid = y[pre] - a_pre.astype(dtype) @ pre_coef
     pre_noise = np.sqrt((resid ** 2).mean(0))
     inv = np.where(np.abs(jump) > 0, 1 / np.where(jump == 0, 1, jump), np.nan).astype(dtype)
-    norm = y - pre_coef[0]
-    norm -= de_c * pre_coef[1]
+    norm = np.multiply(de_c, pre_coef[1])  # the pre-edge line, then (y - line) / jump in place
+    norm += pre_coef[0]
+    np.subtract(y, norm, out=norm)
     norm *= inv
     if ranges.flatten:
-        above = de > 0
-        post_curve = sum(post_coef[k] * de_c[above] ** k for k in range(ranges.post_order + 1))
-        pre_above = pre_coef[0] + de_c[above] * pre_coef[1]
-        norm[above] -= (post_curve - pre_above) * inv - 1  # the post-edge curvature, 0 at e0
+        tail = slice(int(np.searchsorted(de, 0.0, side="right")), None)  # energies above e0
+        post_curve = sum(post_coef[k] * de_c[tail] ** k for k in range(ranges.post_order + 1))
+        pre_tail = pre_coef[0] + de_c[tail] * pre_coef[1]
+        norm[tail] -= (post_curve - pre_tail) * inv - 1  # the post-edge curvature, 0 at e0
     return NormalizedSpectra(
         norm=norm.reshape(energies.size, *rest), jump=jump.reshape(rest),
         pre_noise=pre_noise.reshape(rest), pre_coef=pre_coef.reshape(2, *rest),
@@ -188,9 +217,18 @@ def smooth_spectra(energies: np.ndarray, y: np.ndarray, points: int) -> np.ndarr
     (axis 0), edges by repeating the end samples."""
     if points <= 2:
         return y
+    y = np.asarray(y)
+    op = _savgol_matrix(y.shape[0], points | 1).astype(np.result_type(y.dtype, np.float32))
+    return (op @ y.reshape(y.shape[0], -1)).reshape(y.shape)  # one BLAS call for all voxels
+
+
+@functools.lru_cache(maxsize=16)
+def _savgol_matrix(n: int, window: int) -> np.ndarray:
+    """The ``(n, n)`` linear operator of :func:`scipy.signal.savgol_filter` (quadratic,
+    ``mode="nearest"``) along an axis of length ``n``."""
     from scipy.signal import savgol_filter
 
-    return savgol_filter(y, points | 1, 2, axis=0, mode="nearest")
+    return savgol_filter(np.eye(n), window, 2, axis=0, mode="nearest")
 
 
 def half_jump_energy(
@@ -200,16 +238,20 @@ def half_jump_energy(
     """Energy (eV) of the first upward crossing of ``level`` in ``norm`` ``(E, ...)`` inside
     ``window`` (absolute eV), linearly interpolated; NaN where there is none."""
     energies, y, rest = _check(energies, norm)
+    rows = window_rows(energies, window, margin=smooth_points // 2)  # smoothing needs no more
+    energies, y = energies[rows], y[rows]
     nan = ~np.isfinite(y).all(0)
     y = smooth_spectra(energies, np.where(nan[None], 0.0, y), smooth_points)
     sel = np.flatnonzero((energies >= window[0]) & (energies <= window[1]))
     if sel.size < 2:
         raise ValueError(f"edge window {window} holds fewer than 2 energies")
     ys = y[sel]
-    below, above = ys[:-1] < level, ys[1:] >= level
-    cross = below & above  # (W-1, N)
-    has = cross.any(0)
-    k = np.argmax(cross, axis=0)
+    k = np.zeros(ys.shape[1], np.intp)  # first upward crossing: scan the window rows
+    has = np.zeros(ys.shape[1], bool)
+    for i in range(ys.shape[0] - 1):
+        new = ~has & (ys[i] < level) & (ys[i + 1] >= level)
+        k += (i - k) * new  # branch-free update
+        has |= new
     cols = np.arange(ys.shape[1])
     y0, y1 = ys[k, cols], ys[k + 1, cols]
     e0, e1 = energies[sel][k], energies[sel][k + 1]
@@ -223,8 +265,12 @@ def steepest_slope_energy(
 ) -> np.ndarray:
     """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola."""
     energies, y, rest = _check(energies, norm)
-    y = smooth_spectra(energies, y, smooth_points)
-    d = np.gradient(y, energies, axis=0)
+    rows = window_rows(energies, window, margin=1 + smooth_points // 2)
+    energies, y = energies[rows], smooth_spectra(energies[rows], y[rows], smooth_points)
+    d = np.empty_like(y)  # central differences inside, one-sided at the ends
+    d[1:-1] = (y[2:] - y[:-2]) / (energies[2:] - energies[:-2])[:, None]
+    d[0] = (y[1] - y[0]) / (energies[1] - energies[0])
+    d[-1] = (y[-1] - y[-2]) / (energies[-1] - energies[-2])
     return _refined_argmax(energies, d, window, half_width=None).reshape(rest)
 
 
@@ -242,41 +288,49 @@ def _refined_argmax(
 ) -> np.ndarray:
     """Peak position of ``y`` ``(E, N)`` inside ``window``: a least-squares parabola over the
     samples within ``half_width`` eV of the maximum (None: the 3 samples around it)."""
-    sel = np.flatnonzero((energies >= window[0]) & (energies <= window[1]))
-    if sel.size < 3:
+    rows = window_rows(energies, window)
+    e = energies[rows]
+    if e.size < 3:
         raise ValueError(f"window {window} holds fewer than 3 energies")
-    e = energies[sel]
-    ys = np.nan_to_num(y[sel], nan=-np.inf)
-    k = np.argmax(ys, axis=0)  # (N,)
+    ys = y[rows]
+    if np.isnan(ys).any():
+        ys = np.where(np.isnan(ys), -np.inf, ys)
+    k = _argmax0(ys)  # (N,)
     peak_e = e[k]
     if half_width is None:  # the 3 samples around the maximum
-        m = 1
-        offsets = np.arange(-1, 2)[:, None]
-        centre = np.clip(k, 1, e.size - 2)
+        m, centre = 1, np.clip(k, 1, e.size - 2)
     else:  # enough samples either side to cover half_width on the finest spacing
-        m = int(min(np.ceil(half_width / np.min(np.diff(e))), e.size // 2))
-        offsets = np.arange(-m, m + 1)[:, None]
-        centre = k
-    idx = np.clip(centre[None] + offsets, 0, e.size - 1)  # (2m+1, N) gathered neighbourhood
-    ew = e[idx]
-    yw = np.take_along_axis(ys, idx, 0)
-    inside = (idx == centre[None] + offsets) & np.isfinite(yw)
-    if half_width is not None:
-        inside &= np.abs(ew - peak_e[None]) <= half_width
-    w = inside.astype(float)
-    x = ew - peak_e[None]  # centred for conditioning
-    yw = np.where(inside, yw, 0.0)
-    x2 = x * x
-    s0, s1, s2 = w.sum(0), (w * x).sum(0), (w * x2).sum(0)
-    s3, s4 = (w * x2 * x).sum(0), (w * x2 * x2).sum(0)
-    t0, t1, t2 = (w * yw).sum(0), (w * yw * x).sum(0), (w * yw * x2).sum(0)
-    m3 = np.stack([np.stack([s0, s1, s2], -1), np.stack([s1, s2, s3], -1),
-                   np.stack([s2, s3, s4], -1)], -2)  # (N, 3, 3)
-    rhs = np.stack([t0, t1, t2], -1)[..., None]
-    ok = (s0 >= 3) & (np.abs(np.linalg.det(m3)) > 1e-12 * np.maximum(s4, 1e-30) * np.maximum(s0, 1) ** 2)
-    m3[~ok] = np.eye(3)
-    coef = np.linalg.solve(m3, rhs)[..., 0]  # (N, 3): c0 + c1 x + c2 x^2
-    c1, c2 = coef[:, 1], coef[:, 2]
+        m, centre = int(min(np.ceil(half_width / np.min(np.diff(e))), e.size // 2)), k
+    cols = np.arange(ys.shape[1])
+    s0, s1, s2, s3, s4, t0, t1, t2 = (np.zeros(ys.shape[1]) for _ in range(8))
+    for offset in range(-m, m + 1):  # moments of the least-squares parabola, one offset at a time
+        r = centre + offset
+        inside = (r >= 0) & (r < e.size)
+        r = np.clip(r, 0, e.size - 1)
+        x = e[r] - peak_e  # centred for conditioning
+        yv = ys[r, cols].astype(np.float64)
+        inside &= np.isfinite(yv)
+        if half_width is not None:
+            inside &= np.abs(x) <= half_width
+        w = inside.astype(np.float64)
+        yv = np.where(inside, yv, 0.0)
+        wx = w * x
+        wx2 = wx * x
+        s0 += w
+        s1 += wx
+        s2 += wx2
+        s3 += wx2 * x
+        s4 += wx2 * x * x
+        t0 += w * yv
+        t1 += wx * yv
+        t2 += wx2 * yv
+    # normal equations [[s0 s1 s2] [s1 s2 s3] [s2 s3 s4]] c = t, solved by Cramer's rule for c1, c2
+    m00, m01, m02 = s2 * s4 - s3 * s3, s1 * s4 - s2 * s3, s1 * s3 - s2 * s2
+    det = s0 * m00 - s1 * m01 + s2 * m02
+    ok = (s0 >= 3) & (np.abs(det) > 1e-12 * np.maximum(s4, 1e-30) * np.maximum(s0, 1) ** 2)
+    det = np.where(ok, det, 1.0)
+    c1 = (s0 * (t1 * s4 - s3 * t2) - t0 * (s1 * s4 - s3 * s2) + s2 * (s1 * t2 - t1 * s2)) / det
+    c2 = (s0 * (s2 * t2 - t1 * s3) - s1 * (s1 * t2 - t1 * s2) + t0 * (s1 * s3 - s2 * s2)) / det
     with np.errstate(invalid="ignore", divide="ignore"):
         vertex = peak_e - c1 / (2 * c2)
     good = ok & (c2 < 0)

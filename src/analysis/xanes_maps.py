@@ -19,8 +19,10 @@ writes maps (TIFF), ``particles.csv``, ``radial_profile.csv``, ``summary.json`` 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from src.analysis.xanes import (
     smooth_spectra,
     steepest_slope_energy,
     white_line_energy,
+    window_rows,
 )
 from src.data.io import to_jsonable, write_json, write_tiff
 
@@ -57,7 +60,8 @@ class XanesAnalysisConfig:
     ``smooth_points``: Savitzky–Golay window (samples) along energy before the half-jump and
     slope search (0 = off); ``min_jump``: absolute minimum edge jump; ``min_jump_snr``: minimum
     jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
-    ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch.
+    ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
+    ``workers``: threads working on batches at once (None: one per CPU core).
     """
 
     ranges: EdgeRanges = field(default_factory=EdgeRanges)
@@ -67,7 +71,8 @@ class XanesAnalysisConfig:
     nonnegative: bool = True
     sum_to_one: bool = False
     oxidation_states: tuple[float, ...] = (2.0, 3.0)
-    chunk_voxels: int = 1 << 17
+    chunk_voxels: int = 1 << 16
+    workers: int | None = None
 
 
 def analyze_stack(
@@ -105,23 +110,28 @@ def analyze_stack(
             keys += ["soc", "edge_energy_lcf"]
     values = {k: np.full(idx.size, np.nan, np.float32) for k in keys}
     edge_win, wl_win = cfg.ranges.absolute("edge"), cfg.ranges.absolute("white_line")
-    starts = range(0, idx.size, cfg.chunk_voxels)
-    for start in tqdm(starts, desc="XANES fit", disable=not progress, leave=False):
+    # the half jump and the slope only need the edge window (+ the smoothing half-width)
+    rows = window_rows(energies, edge_win, margin=1 + cfg.smooth_points // 2)
+    e_rows = energies[rows]
+    contiguous = idx.size == 0 or idx[-1] - idx[0] == idx.size - 1
+
+    def fit_chunk(start: int) -> None:
         sl = slice(start, start + cfg.chunk_voxels)
-        y = np.asarray(flat[:, idx[sl]], np.float32)
+        cols = slice(idx[sl][0], idx[sl][-1] + 1) if contiguous else idx[sl]  # a view when possible
+        y = np.asarray(flat[:, cols], np.float32)
         n = normalize_spectra(energies, y, cfg.ranges)
         valid = (n.jump > cfg.min_jump) & (n.jump > cfg.min_jump_snr * n.pre_noise)
         norm = np.nan_to_num(n.norm)
-        smooth = smooth_spectra(energies, norm, cfg.smooth_points)
+        smooth = smooth_spectra(e_rows, norm[rows], cfg.smooth_points)
         values["jump"][sl] = n.jump
         values["valid"][sl] = valid
-        for key, est in (("edge_energy", half_jump_energy(energies, smooth, edge_win)),
-                         ("edge_energy_slope", steepest_slope_energy(energies, smooth, edge_win)),
+        for key, est in (("edge_energy", half_jump_energy(e_rows, smooth, edge_win)),
+                         ("edge_energy_slope", steepest_slope_energy(e_rows, smooth, edge_win)),
                          ("white_line", white_line_energy(energies, norm, wl_win,
                                                           cfg.ranges.white_line_half_width))):
             values[key][sl] = np.where(valid, est, np.nan)
         if refs is None:
-            continue
+            return
         fit = linear_combination_fit(np.where(valid[None], norm, np.nan), refs,
                                      nonnegative=cfg.nonnegative, sum_to_one=cfg.sum_to_one)
         total = fit.weights.sum(0)
@@ -130,12 +140,19 @@ def analyze_stack(
         for i, name in enumerate(names):
             values[f"weight_{name}"][sl] = fit.weights[i]
         values["lcf_residual"][sl] = fit.residual
-        values["oxidation_state"][sl] = np.asarray(cfg.oxidation_states) @ np.nan_to_num(frac, nan=np.nan)
+        values["oxidation_state"][sl] = np.asarray(cfg.oxidation_states) @ frac
         if lookup is not None:
             f = frac[1]
             values["soc"][sl] = f
             edge = np.interp(np.clip(np.nan_to_num(f), 0, 1), *lookup)
             values["edge_energy_lcf"][sl] = np.where(np.isfinite(f), edge, np.nan)
+
+    starts = list(range(0, idx.size, cfg.chunk_voxels))
+    workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(starts)))
+    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL: chunks run in parallel
+        for _ in tqdm(pool.map(fit_chunk, starts), total=len(starts), desc="XANES fit",
+                      disable=not progress, leave=False):
+            pass
     maps = {}
     for k, v in values.items():
         full = np.full(int(np.prod(spatial)), np.nan, np.float32)
