@@ -216,7 +216,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     os.environ.setdefault("WANDB_MODE", "disabled")
     common = ["logger=csv", f"data.xanes.reference_dir={ref_dir}", f"data.cache_dir={out_dir}/cache",
               f"trainer.max_time=00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
-              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+              "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
               "callbacks.progress_bar=null"]
     runs, times = {}, {}
     for exp in ("xanes_edge", "xanes_denoiser"):

@@ -180,7 +180,8 @@ def _depth_shells(particles: np.ndarray, n_shells: int) -> np.ndarray:
 
 
 def particle_statistics(
-    maps: dict[str, np.ndarray], particles: np.ndarray, quantities: Sequence[str] = ("edge_energy", "soc"),
+    maps: dict[str, np.ndarray], particles: np.ndarray,
+    quantities: Sequence[str] = ("edge_energy", "edge_energy_lcf", "white_line", "soc"),
     n_shells: int = 4, min_voxels: int = 8,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-particle rows and the radial profile (all particles pooled) of ``quantities``.

@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from src.analysis.xanes import EdgeRanges, half_jump_energy, normalize_spectra
 from src.config import to_plain
 from src.data.xanes_simulator import default_energies, reduced_energy_indices
-from src.models.segmentation_module import build_net
+from src.models.segmentation_module import build_net, optimizers_from_config
 
 __all__ = ["XanesModule", "fit_edge_energy"]
 
@@ -117,10 +116,4 @@ class XanesModule(pl.LightningModule):
             self.log(f"val/{key.replace('rmse', 'valid_fraction')}", n / max(total, 1.0))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.optimizer is None:
-            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
-        else:
-            optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": instantiate(self.hparams.scheduler)(optimizer=optimizer)}
+        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)
