@@ -25,9 +25,10 @@ from src.config import CONFIG_DIR, setup_config_env
 log = logging.getLogger("xanes")
 
 
-def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str], phase: str,
+def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str], phase: str | None,
               label_values: list[int] | None) -> np.ndarray:
-    """Bool mask of ``phase`` from a segmentation (or a 0/1 mask) of shape ``spatial``."""
+    """Bool mask of ``phase`` from a segmentation of shape ``spatial``; ``phase=None`` (or a
+    bool TIFF): the non-zero voxels."""
     from src.data.io import read_image
 
     seg = np.asarray(read_image(path, mmap=False))
@@ -36,8 +37,8 @@ def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str]
     if not (np.issubdtype(seg.dtype, np.integer) or seg.dtype == bool):
         raise ValueError(f"mask {path}: expected integer labels or a 0/1 mask, got dtype {seg.dtype}")
     values = np.unique(seg)
-    if set(values.tolist()) <= {0, 1} and phase not in class_names[:1]:
-        return seg.astype(bool)
+    if phase is None or seg.dtype == bool:
+        return seg != 0
     if phase not in class_names:
         raise ValueError(f"mask_phase {phase!r} is not one of class_names {class_names}")
     stored = label_values[class_names.index(phase)] if label_values else class_names.index(phase)
@@ -61,7 +62,8 @@ def run_xanes(cfg: DictConfig) -> dict[str, Any]:
     spatial = stack.shape[1:]
     class_names = [str(c) for c in cfg.class_names]
     label_values = None if cfg.label_values is None else [int(v) for v in cfg.label_values]
-    mask = (load_mask(cfg.mask, spatial, class_names, str(cfg.mask_phase), label_values)
+    phase = None if cfg.mask_phase is None else str(cfg.mask_phase)
+    mask = (load_mask(cfg.mask, spatial, class_names, phase, label_values)
             if cfg.mask else np.ones(spatial, bool))
     refs = [load_spectrum(p) for p in (cfg.references or [])]
     names = [str(n) for n in (cfg.reference_names or [])] or [Path(p).stem for p in cfg.references or []]

@@ -269,6 +269,8 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     print(table(["method", "energies", "photons/pixel/energy", "edge RMSE (eV)", "valid fraction"],
                 [[k, v["energies"], f"{v['photons_per_energy']:.0e}", v["rmse_eV"], v["valid"]]
                  for k, v in results.items()]))
+    np.savez_compressed(out_dir / "cnn_maps.npz", truth=truth, fit=maps60["edge_energy"],
+                        lcf=maps60["edge_energy_lcf"], cnn=cnn_b, nmc=nmc)
     if figure is not None:
         _figure(figure, truth, maps60["edge_energy"], maps60["edge_energy_lcf"], cnn_b, nmc)
     return {"results": results, "train_time_s": times}
@@ -286,12 +288,12 @@ def _figure(path: Path, truth, fit, lcf, cnn, nmc) -> None:
     panels = [("truth", truth), ("per-voxel half jump, 60 E", fit), ("per-voxel LCF edge, 60 E", lcf),
               ("CNN (b), 15 E, same dose", np.where(nmc, cnn, np.nan))]
     lo, hi = np.nanpercentile(truth, [1, 99])
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.5))
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3.0), constrained_layout=True)
     for ax, (title, img) in zip(axes, panels, strict=True):
         im = ax.imshow(np.ma.masked_invalid(img[z]), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    fig.colorbar(im, ax=axes, fraction=0.015, label="half-jump edge energy (eV)")
+    fig.colorbar(im, ax=axes, fraction=0.02, label="half-jump edge energy (eV)")
     save_figure(fig, path, dpi=80)
 
 

@@ -118,3 +118,21 @@ def test_train_xanes_nets(tmp_path, experiment):
         edge = module.eval().predict_edge(torch.rand(1, n_in, 16, 16) * 0.5 + 0.3)
     assert edge.shape == (1, 16, 16)
     assert len(list((tmp_path / "cache").glob("xanes_*.npz"))) == 3  # volumes cached for the next run
+
+
+def test_load_mask_phases(tmp_path):
+    from xanes import load_mask
+
+    seg = np.zeros((4, 6, 6), np.uint8)
+    seg[:, :3] = 85  # NMC stored as 85
+    seg[:, 3:4] = 170
+    write_tiff(tmp_path / "seg.tif", seg)
+    names = ["NMC", "CBD", "pore"]
+    mask = load_mask(tmp_path / "seg.tif", seg.shape, names, "NMC", [85, 170, 0])
+    assert mask.sum() == 4 * 3 * 6 and mask[:, :3].all()
+    assert load_mask(tmp_path / "seg.tif", seg.shape, names, None, None).sum() == 4 * 4 * 6
+    with pytest.raises(ValueError, match="'Ni' is not one of class_names"):
+        load_mask(tmp_path / "seg.tif", seg.shape, names, "Ni", [85, 170, 0])
+    write_tiff(tmp_path / "nmc_only.tif", np.full(seg.shape, 85, np.uint8))
+    with pytest.raises(ValueError, match="no voxel has the value 170 of phase CBD"):
+        load_mask(tmp_path / "nmc_only.tif", seg.shape, names, "CBD", [85, 170, 0])
