@@ -141,6 +141,7 @@ class XanesDataModule(pl.LightningDataModule):
         if crop > min(shape[1:]):
             raise ValueError(f"data.crop {crop} exceeds the slice size {shape[1:]}")
         self.sim = XanesSimConfig(**dict(xanes or {}))
+        self.sim.reference_dir = str(Path(self.sim.reference_dir).resolve())  # one cache key per folder
         self.imaging = ImagingConfig(n_angles=n_angles)
         self.energies = self.sim.energy_grid()
         self.input_indices = (np.arange(self.energies.size) if n_input_energies in (None, self.energies.size)
