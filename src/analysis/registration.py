@@ -34,7 +34,7 @@ def estimate_shift(
 ) -> tuple[np.ndarray, float]:
     """Translation (z, y, x) in voxels that aligns ``moving`` to ``reference``, and its error.
 
-    Both inputs are (z, y, x) arrays of the same shape (a bool/0-1 phase indicator works best
+    Both inputs are (z, y, x) (or (y, x)) arrays of the same shape (a bool/0-1 phase indicator works best
     for labels). Each is mean-subtracted and, with ``window``, multiplied by a Hann window so
     that the non-periodic faces do not dominate the phase correlation. ``upsample_factor`` > 1
     gives sub-voxel precision (1/factor).
@@ -43,16 +43,16 @@ def estimate_shift(
 
     reference = np.asarray(reference, np.float32)
     moving = np.asarray(moving, np.float32)
-    if reference.shape != moving.shape or reference.ndim != 3:
-        raise ValueError(f"registration needs two (z, y, x) volumes of the same shape, got "
-                         f"{reference.shape} and {moving.shape}")
+    if reference.shape != moving.shape or reference.ndim not in (2, 3):
+        raise ValueError(f"registration needs two (z, y, x) volumes (or two (y, x) images) of the "
+                         f"same shape, got {reference.shape} and {moving.shape}")
     ref, mov = reference - reference.mean(), moving - moving.mean()
     if window:
         from scipy.signal.windows import hann
 
         win = np.ones(reference.shape, np.float32)
         for axis, n in enumerate(reference.shape):
-            shape = [1, 1, 1]
+            shape = [1] * reference.ndim
             shape[axis] = n
             win = win * hann(n, sym=False).astype(np.float32).reshape(shape)
         ref, mov = ref * win, mov * win

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from src.recon.fbp import fbp
 from src.recon.operators import ParallelBeamProjector
 
-__all__ = ["ImagingConfig", "simulate_tomography"]
+__all__ = ["ImagingConfig", "detector_optics", "embed_in_cylinder", "measure_line_integrals",
+           "simulate_tomography"]
 
 
 @dataclass
@@ -56,12 +57,39 @@ def _sample(labels: np.ndarray, cfg: ImagingConfig, pad: int) -> np.ndarray:
     lut = np.asarray(cfg.attenuation, np.float32)
     if labels.max(initial=0) >= lut.size:
         raise ValueError(f"label {labels.max()} has no attenuation (got {lut.size} phases)")
-    mu = np.pad(lut[labels], ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+    return embed_in_cylinder(lut[labels], pad)
+
+
+def embed_in_cylinder(volume: np.ndarray, pad: int) -> np.ndarray:
+    """``(z, y, x)`` attenuation → ``(z, y + 2 pad, x + 2 pad)`` float32, mirror-padded in y/x and
+    zero outside the inscribed cylinder (the sample edge lies outside the label grid)."""
+    mu = np.pad(np.asarray(volume, np.float32), ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
     h, w = mu.shape[1:]
     yy, xx = np.ogrid[:h, :w]
     r = np.hypot(yy + 0.5 - h / 2, xx + 0.5 - w / 2)
     edge = np.clip(min(h, w) / 2 - 1.0 - r, 0.0, 1.0).astype(np.float32)  # 1-voxel soft edge
     return mu * edge
+
+
+def detector_optics(proj: np.ndarray, cfg: ImagingConfig) -> np.ndarray:
+    """Detector blur and Zernike halo on projections ``(angles, rows, cols)`` (linear in ``proj``)."""
+    if cfg.detector_blur_px > 0:
+        proj = ndimage.gaussian_filter(proj, (0, cfg.detector_blur_px, cfg.detector_blur_px))
+    if cfg.halo_strength:
+        low = ndimage.gaussian_filter(proj, (0, cfg.halo_sigma_px, cfg.halo_sigma_px))
+        proj = proj + np.float32(cfg.halo_strength) * (proj - low)
+    return proj
+
+
+def measure_line_integrals(
+    proj: np.ndarray, photons: float | None, gain: np.ndarray | float, rng: np.random.Generator
+) -> np.ndarray:
+    """Poisson counts at ``photons`` per pixel (flat field) with detector ``gain`` errors, then
+    flat-field and ``-log`` → measured line integrals float32; ``photons=None``: noiseless."""
+    if photons is None:
+        return np.asarray(proj, np.float32)
+    counts = rng.poisson(photons * gain * np.exp(-proj.astype(np.float64)))
+    return -np.log(np.maximum(counts, 0.5) / photons).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,15 +119,9 @@ def simulate_tomography(
         for sl in chunks:
             proj[:, sl] = op(torch.from_numpy(mu[sl])).numpy().transpose(1, 0, 2)
             bar.update()
-        # detector blur and Zernike halo act on each 2D projection (rows, cols)
-        if cfg.detector_blur_px > 0:
-            proj = ndimage.gaussian_filter(proj, (0, cfg.detector_blur_px, cfg.detector_blur_px))
-        if cfg.halo_strength:
-            low = ndimage.gaussian_filter(proj, (0, cfg.halo_sigma_px, cfg.halo_sigma_px))
-            proj += np.float32(cfg.halo_strength) * (proj - low)
+        proj = detector_optics(proj, cfg)
         gain = 1.0 + cfg.ring_strength * rng.standard_normal((1, nz, w))
-        counts = rng.poisson(cfg.photons * gain * np.exp(-proj.astype(np.float64)))
-        proj = -np.log(np.maximum(counts, 0.5) / cfg.photons).astype(np.float32)
+        proj = measure_line_integrals(proj, cfg.photons, gain, rng)
         out = np.empty(labels.shape, np.float32)
         for sl in chunks:
             sino = torch.from_numpy(np.ascontiguousarray(proj[:, sl].transpose(1, 0, 2)))

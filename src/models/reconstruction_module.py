@@ -13,7 +13,7 @@ from torch import nn
 
 from src.config import to_plain
 from src.models.recon_nets import ReconNet
-from src.models.segmentation_module import build_net
+from src.models.segmentation_module import build_net, optimizers_from_config
 from src.recon.evaluation import recon_metrics
 from src.recon.fbp import FILTERS
 
@@ -107,15 +107,8 @@ class ReconstructionModule(pl.LightningModule):
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.optimizer is None:
-            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
-        else:
-            optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
+        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler,
+                                      self.hparams.scheduler_interval)
 
 
 def load_reconstruction_checkpoint(

@@ -26,6 +26,18 @@ def build_net(net: Mapping | nn.Module) -> nn.Module:
     return instantiate(net)
 
 
+def optimizers_from_config(
+    parameters, optimizer: Mapping | None, scheduler: Mapping | None, interval: str = "epoch"
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer from partial configs (``_partial_: true``):
+    Adam 1e-3 without an optimizer config, no scheduler without a scheduler config."""
+    opt = torch.optim.Adam(parameters, lr=1e-3) if optimizer is None else instantiate(optimizer)(params=parameters)
+    if scheduler is None:
+        return {"optimizer": opt}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer=opt),
+                                               "interval": interval}}
+
+
 class SegmentationModule(pl.LightningModule):
     """Trains ``net`` with a Dice+CE loss and logs per-phase validation scores.
 
@@ -122,11 +134,4 @@ class SegmentationModule(pl.LightningModule):
         self.last_val_scores = scores
 
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.hparams.optimizer is None:
-            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
-        else:
-            optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)
