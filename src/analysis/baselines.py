@@ -14,6 +14,13 @@ from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
 
+def check_intensity_order(class_names: Sequence[str], dark_to_bright: Sequence[str]) -> None:
+    """ValueError unless ``dark_to_bright`` names every phase of ``class_names`` once."""
+    missing = [n for n in dark_to_bright if n not in class_names]
+    if missing or len(dark_to_bright) != len(class_names):
+        raise ValueError(f"dark_to_bright {list(dark_to_bright)} must order all of class_names {list(class_names)}")
+
+
 def multi_otsu_segment(
     image: np.ndarray,
     class_names: Sequence[str],
@@ -25,9 +32,7 @@ def multi_otsu_segment(
     Intensity classes, from darkest to brightest, are given the phases named in
     ``dark_to_bright`` (their label is their index in ``class_names``). Returns uint8 labels.
     """
-    missing = [n for n in dark_to_bright if n not in class_names]
-    if missing or len(dark_to_bright) != len(class_names):
-        raise ValueError(f"dark_to_bright {list(dark_to_bright)} must order all of class_names {list(class_names)}")
+    check_intensity_order(class_names, dark_to_bright)
     smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma) if sigma > 0 else np.asarray(image)
     thresholds = threshold_multiotsu(smooth, classes=len(class_names))
     intensity_class = np.digitize(smooth, thresholds)
@@ -50,9 +55,7 @@ def kmeans_segment(
     """
     from sklearn.cluster import KMeans
 
-    missing = [n for n in dark_to_bright if n not in class_names]
-    if missing or len(dark_to_bright) != len(class_names):
-        raise ValueError(f"dark_to_bright {list(dark_to_bright)} must order all of class_names {list(class_names)}")
+    check_intensity_order(class_names, dark_to_bright)
     smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma) if sigma > 0 else np.asarray(image, np.float32)
     flat = smooth.reshape(-1, 1)
     sample = flat[:: max(1, flat.shape[0] // max_samples)]
@@ -140,7 +143,7 @@ class MultiOtsuSegmenter:
     def __init__(self, class_names: Sequence[str], dark_to_bright: Sequence[str] = ("pore", "CBD", "NMC"),
                  sigma: float = 1.0) -> None:
         self.class_names, self.dark_to_bright, self.sigma = list(class_names), list(dark_to_bright), sigma
-        multi_otsu_segment(np.arange(16.0).reshape(4, 4), self.class_names, self.dark_to_bright, 0)  # checks names
+        check_intensity_order(self.class_names, self.dark_to_bright)
 
     def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> MultiOtsuSegmenter:
         return self
@@ -157,7 +160,7 @@ class KMeansSegmenter:
     def __init__(self, class_names: Sequence[str], dark_to_bright: Sequence[str] = ("pore", "CBD", "NMC"),
                  sigma: float = 1.0, seed: int = 0) -> None:
         self.class_names, self.dark_to_bright, self.sigma, self.seed = list(class_names), list(dark_to_bright), sigma, seed
-        multi_otsu_segment(np.arange(16.0).reshape(4, 4), self.class_names, self.dark_to_bright, 0)  # checks names
+        check_intensity_order(self.class_names, self.dark_to_bright)
 
     def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> KMeansSegmenter:
         return self
