@@ -2,7 +2,9 @@
 
 ``speed``: for each model (untrained weights, throughput does not depend on them; batch-norm
 statistics set from 4 slices so that the labels vary) and volume, in fresh processes side by side: our path (``predict_volume``: TIFF on disk → Zarr,
-whole slices, batch 8, channels-last; fp32 and bf16 autocast) and the peer, MONAI's
+whole slices, the default batch (2 slices on CPU), channels-last, batch norm folded into the
+convolutions; fp32 and bf16 autocast; ``--compile`` adds ``torch.compile``, compile time
+included) and the peer, MONAI's
 ``SliceInferer`` (its sliding window over the slices of the whole in-memory volume) with its
 defaults (sw_batch_size 1, overlap 0.25, constant blending) and the model's configured window
 (roi 256). Prints voxels/s, peak RSS, ratios, label agreement with the peer, FLOPs per voxel
@@ -43,12 +45,21 @@ NETS = {
 ROI = 256  # the models' configured window (conf/model/base/segmentation.yaml inference.roi_size)
 
 
-def build_net(name: str):
+def build_net(name: str, ckpt: str | None = None):
+    """The benchmark net ``name`` with seeded random weights, or the net of a segmentation
+    checkpoint (its own architecture and trained weights)."""
     import torch
     from hydra.utils import instantiate
 
     torch.manual_seed(0)
-    return instantiate(NETS[name]).eval()
+    if not ckpt:
+        return instantiate(NETS[name]).eval()
+    from src.models.checkpoint import read_checkpoint
+
+    state = read_checkpoint(Path(ckpt))
+    net = instantiate(state["hyper_parameters"]["net"])
+    net.load_state_dict({k[4:]: v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    return net.eval()
 
 
 def calibrate_batch_norm(net, volume: str, value_range: tuple[float, float]) -> None:
@@ -72,12 +83,12 @@ def calibrate_batch_norm(net, volume: str, value_range: tuple[float, float]) -> 
     net.eval()
 
 
-def flops_per_voxel(name: str, side: int = 256) -> float:
+def flops_per_voxel(name: str, ckpt: str | None = None, side: int = 256) -> float:
     """Net FLOPs (2 per multiply-add) per output voxel, counted on one side × side slice."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    net = build_net(name)
+    net = build_net(name, ckpt)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         net(torch.zeros(1, 1, side, side))
@@ -117,10 +128,11 @@ def worker(a: argparse.Namespace) -> None:
     from src.data.volumes import open_volume, sample_range
 
     torch.set_num_threads(a.threads)
-    net = build_net(a.model)
+    net = build_net(a.model, a.ckpt)
     labels_path = Path(a.labels_out)
     value_range = sample_range(open_volume(a.volume))
-    calibrate_batch_norm(net, a.volume, value_range)
+    if not a.ckpt:
+        calibrate_batch_norm(net, a.volume, value_range)
     if a.method == "monai":
         import tifffile
         from monai.inferers import SliceInferer
@@ -142,7 +154,8 @@ def worker(a: argparse.Namespace) -> None:
         from src.inference.volume_prediction import predict_volume
 
         predictor = TiledPredictor(net, 2, net.size_multiple if hasattr(net, "size_multiple") else 8,
-                                   batch_size=8, channels_last=True, precision=a.precision)
+                                   channels_last=True, precision=a.precision,
+                                   compile=a.compile == "true")
         out = labels_path.with_suffix(".zarr")
         start = time.perf_counter()
         predict_volume(predictor, a.volume, out, value_range=value_range, progress=False, overwrite=True)
@@ -164,6 +177,10 @@ def run_worker(**kw) -> dict:
 
 
 def speed(a: argparse.Namespace) -> None:
+    ckpts = dict(spec.split("=", 1) for spec in a.ckpt)
+    for model, path in ckpts.items():
+        if model not in a.models or not Path(path).is_file():
+            raise SystemExit(f"--ckpt {model}={path}: expected one of --models {a.models} and an existing checkpoint file")
     rows = []
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         for spec in a.shapes:
@@ -173,23 +190,25 @@ def speed(a: argparse.Namespace) -> None:
             write_volume(volume, shape)
             n_vox = int(np.prod(shape))
             for model in a.models:
-                fpv = flops_per_voxel(model)
-                methods = [("MONAI SliceInferer (defaults)", "monai", "fp32"), ("ours fp32", "ours", "fp32"),
-                           ("ours bf16", "ours", "bf16")]
+                ckpt = ckpts.get(model, "")
+                fpv = flops_per_voxel(model, ckpt)
+                comp = "true" if a.compile else "false"
+                methods = [("MONAI SliceInferer (defaults)", "monai", "fp32", "false"),
+                           ("ours fp32", "ours", "fp32", comp), ("ours bf16", "ours", "bf16", comp)]
                 times: dict[str, list[dict]] = {m[0]: [] for m in methods}
                 for _ in range(a.repeats):
-                    for label, method, precision in methods:
+                    for label, method, precision, comp in methods:
                         res = run_worker(model=model, method=method, precision=precision, volume=volume,
-                                         labels_out=Path(tmp) / f"{model}_{side}_{method}_{precision}.npy",
-                                         threads=a.threads)
+                                         labels_out=Path(tmp) / f"{model}_{side}_{method}_{precision}_{comp}.npy",
+                                         threads=a.threads, compile=comp, ckpt=ckpt)
                         times[label].append(res)
                         print(f"  {model} {side} {label}: {res['seconds']:.1f} s, {res['peak_rss_mb']:.0f} MB", flush=True)
-                peer = np.load(Path(tmp) / f"{model}_{side}_monai_fp32.npy")
+                peer = np.load(Path(tmp) / f"{model}_{side}_monai_fp32_false.npy")
                 peer_s = float(np.median([r["seconds"] for r in times[methods[0][0]]]))
-                for label, method, precision in methods:
+                for label, method, precision, comp in methods:
                     sec = float(np.median([r["seconds"] for r in times[label]]))
                     rss = float(np.median([r["peak_rss_mb"] for r in times[label]]))
-                    labels = np.load(Path(tmp) / f"{model}_{side}_{method}_{precision}.npy")
+                    labels = np.load(Path(tmp) / f"{model}_{side}_{method}_{precision}_{comp}.npy")
                     rows.append({"model": model, "size": side, "method": label, "seconds": sec,
                                  "mvox_s": n_vox / sec / 1e6, "peak_rss_mb": rss, "speedup": peer_s / sec,
                                  "agree": float((labels == peer).mean()), "kflop_per_voxel": fpv / 1e3,
@@ -199,7 +218,8 @@ def speed(a: argparse.Namespace) -> None:
 
 def print_table(rows: list[dict], a: argparse.Namespace) -> None:
     machine = f"{platform.processor() or platform.machine()}, {a.threads} threads, {time.strftime('%Y-%m-%d')}"
-    print(f"\nWhole-volume prediction, untrained weights, batch norm set from 4 slices ({machine})\n")
+    weights = "trained weights (" + ", ".join(a.ckpt) + ")" if a.ckpt else "untrained weights, batch norm set from 4 slices"
+    print(f"\nWhole-volume prediction, {weights} ({machine})\n")
     print("| model | volume | method | time (s) | Mvoxel/s | peak RSS (MB) | speed-up vs MONAI | labels = MONAI | kFLOP/voxel | GFLOP/s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -254,6 +274,9 @@ def main() -> None:
     s.add_argument("--shapes", nargs="+", default=["256"], help="cube sides (256) or ZxYxX (32x512x512)")
     s.add_argument("--models", nargs="+", default=["lrcsnet", "unet"], choices=sorted(NETS))
     s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--compile", action="store_true", help="torch.compile our path (compile time included)")
+    s.add_argument("--ckpt", nargs="*", default=[], metavar="MODEL=CKPT",
+                   help="trained segmentation checkpoint per model (its net and weights) instead of random weights")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--tmp", default=None)
     s.add_argument("--json", default=None)
@@ -267,6 +290,8 @@ def main() -> None:
     for name in ("model", "method", "precision", "volume", "labels-out"):
         w.add_argument(f"--{name}", required=True)
     w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--compile", default="false", choices=["true", "false"])
+    w.add_argument("--ckpt", default="")
     a = p.parse_args()
     {"speed": speed, "memory": memory, "_worker": worker}[a.cmd](a)
 

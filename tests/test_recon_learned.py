@@ -92,6 +92,17 @@ def test_lpd_fbp_initialisation_starts_at_the_fbp():
         LearnedPrimalDual(image_size=SIZE, n_angles=ANGLES, init="sirt")
 
 
+def test_lpd_zero_updates_start_at_the_fbp_and_still_learn():
+    torch.manual_seed(0)
+    net = LearnedPrimalDual(image_size=SIZE, n_angles=ANGLES, n_iter=3, width=8, init="fbp", zero_updates=True)
+    sino = torch.rand(2, 1, ANGLES, SIZE)
+    out = net(sino)
+    assert torch.allclose(out, net.fbp(sino), atol=1e-6)
+    (out - torch.rand_like(out)).pow(2).mean().backward()
+    last = net.primal_nets[-1][-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().max() > 0
+
+
 def test_lpd_gradient_flows_through_the_projector(monkeypatch):
     """The loss gradient reaches the sinogram through A^T's backward (= A) and the weights."""
     op = make_projector(SIZE, ANGLES)

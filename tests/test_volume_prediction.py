@@ -18,6 +18,7 @@ import zarr
 
 from src.data.io import ImageReadError, write_tiff
 from src.data.volumes import open_volume, sample_range
+from src.inference.fusion import fold_batch_norm
 from src.inference.receptive_field import receptive_radius
 from src.inference.tiled import TiledPredictor
 from src.inference.volume_prediction import predict_volume, progress_dir
@@ -85,6 +86,43 @@ def test_batching_bf16_and_channels_last_on_cpu():
     assert (bf16 == ref).mean() > 0.95  # bfloat16 keeps 8 bits of mantissa: near ties may flip
     with pytest.raises(ValueError, match="precision"):
         TiledPredictor(net, 2, 8, precision="int8")
+
+
+def randomise_batch_norm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial running statistics and affine parameters (as after training)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize(("net", "dims", "shape"), [
+    (LRCSNet(base_filters=4), 2, (3, 1, 40, 48)),
+    (UNet(2, base_filters=4, depth=3), 2, (3, 1, 40, 48)),
+    (UNet(3, base_filters=4, depth=2), 3, (1, 1, 12, 16, 20)),
+])
+def test_folding_batch_norm_keeps_the_function_and_the_original_net(net, dims, shape):
+    torch.manual_seed(0)
+    net = randomise_batch_norm(net)
+    n_norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        ref = net(x)
+        folded, count = fold_batch_norm(net)
+        out = folded(x)
+    assert count == n_norms > 0
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()) == n_norms
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    image = np.random.default_rng(3).random((5, 40, 48) if dims == 2 else (12, 16, 20)).astype(np.float32)
+    fused = TiledPredictor(net, dims, 8 if dims == 2 else 4).predict(image, progress=False)
+    plain = TiledPredictor(net, dims, 8 if dims == 2 else 4, fuse_batch_norm=False).predict(image, progress=False)
+    assert (fused == plain).mean() > 0.999  # only exact ties may flip
 
 
 def write_formats(image: np.ndarray, folder: Path) -> dict[str, str]:

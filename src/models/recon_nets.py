@@ -124,8 +124,9 @@ class ReconNet(nn.Module):
         return fbp(_as_sino(sino, self.projector), self.projector, filter_name)[:, None]
 
 
-def _residual_cnn(c_in: int, c_out: int, width: int, depth: int) -> nn.Sequential:
-    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``; last bias zero."""
+def _residual_cnn(c_in: int, c_out: int, width: int, depth: int, zero_last: bool = False) -> nn.Sequential:
+    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``; last bias zero
+    (and its weights zero with ``zero_last``: the update starts at zero)."""
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(depth - 1):
@@ -133,6 +134,8 @@ def _residual_cnn(c_in: int, c_out: int, width: int, depth: int) -> nn.Sequentia
         c = width
     last = nn.Conv2d(c, c_out, 3, padding=1)
     nn.init.zeros_(last.bias)
+    if zero_last:
+        nn.init.zeros_(last.weight)
     layers.append(last)
     return nn.Sequential(*layers)
 
@@ -175,6 +178,9 @@ class LearnedPrimalDual(_NormalisedOperatorNet):
         depth: convolutions per CNN (paper: 3).
         init: ``"zero"`` (paper) or ``"fbp"`` (primal memory starts at the FBP).
         filter_name: FBP filter of ``init="fbp"``.
+        zero_updates: start every residual update at zero (last conv of each CNN zero), so the
+            untrained net returns its initial guess (the FBP with ``init="fbp"``) instead of
+            that guess disturbed by 20 random CNNs.
         op_norm: ``||A||`` if known (else power iteration).
     """
 
@@ -192,6 +198,7 @@ class LearnedPrimalDual(_NormalisedOperatorNet):
         depth: int = 3,
         init: str = "zero",
         filter_name: str = "ramp",
+        zero_updates: bool = False,
         op_norm: float | None = None,
     ) -> None:
         super().__init__(projector, image_size, n_angles, n_det, center, op_norm)
@@ -204,9 +211,9 @@ class LearnedPrimalDual(_NormalisedOperatorNet):
         self.n_iter, self.n_primal, self.n_dual = n_iter, n_primal, n_dual
         self.init, self.filter_name = init, filter_name
         self.dual_nets = nn.ModuleList(
-            _residual_cnn(n_dual + 2, n_dual, width, depth) for _ in range(n_iter))
+            _residual_cnn(n_dual + 2, n_dual, width, depth, zero_updates) for _ in range(n_iter))
         self.primal_nets = nn.ModuleList(
-            _residual_cnn(n_primal + 1, n_primal, width, depth) for _ in range(n_iter))
+            _residual_cnn(n_primal + 1, n_primal, width, depth, zero_updates) for _ in range(n_iter))
 
     def forward(self, sino: Tensor) -> Tensor:
         """``(B, 1, A, n_det)`` line integrals -> ``(B, 1, H, W)`` image."""
