@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.analysis.xanes import EdgeRanges, half_jump_energy, normalize_spectra
+from src.analysis.xanes import EdgeRanges, edge_shape, half_jump_energy_fit, normalize_spectra
 from src.config import to_plain
 from src.data.xanes_simulator import default_energies, reduced_energy_indices
 from src.models.segmentation_module import build_net, optimizers_from_config
@@ -27,10 +27,17 @@ from src.models.segmentation_module import build_net, optimizers_from_config
 __all__ = ["XanesModule", "fit_edge_energy"]
 
 
-def fit_edge_energy(stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, smooth_points: int) -> np.ndarray:
-    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none)."""
-    n = normalize_spectra(energies, stack, ranges)
-    return half_jump_energy(energies, n.norm, ranges.absolute("edge"), smooth_points=smooth_points)
+def fit_edge_energy(
+    stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, smooth_points: int = 0,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none): the
+    shared-shape normalisation (shape from the ``mask`` voxels, all when None) and the
+    local-cubic estimator of ``analyze_stack``'s defaults (``smooth_points`` is unused, kept
+    for old callers)."""
+    sample = stack if mask is None or not np.any(mask) else stack[:, np.asarray(mask, bool)]
+    n = normalize_spectra(energies, stack, ranges, edge_shape(energies, sample, ranges))
+    return half_jump_energy_fit(energies, np.nan_to_num(n.norm), ranges.absolute("edge"))
 
 
 class XanesModule(pl.LightningModule):
@@ -80,13 +87,14 @@ class XanesModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
         return loss
 
-    def predict_edge(self, x: torch.Tensor) -> np.ndarray:
-        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task)."""
+    def predict_edge(self, x: torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
+        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task); ``mask``
+        ``(B, H, W)``: the NMC voxels whose mean spectrum sets the normalisation shape."""
         out = self(x)
         if self.task == "edge":
             return self.net.to_eV(out)[:, 0].cpu().numpy()
         stack = out.detach().double().cpu().numpy().transpose(1, 0, 2, 3)  # (E, B, H, W)
-        return fit_edge_energy(stack, self.energies, self.ranges, self.hparams.smooth_points)
+        return fit_edge_energy(stack, self.energies, self.ranges, mask=mask)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch["input"])
@@ -94,10 +102,9 @@ class XanesModule(pl.LightningModule):
         self.log("val/loss", self._loss(batch, out), on_epoch=True, batch_size=n)
         mask = batch["mask"][:, 0].cpu().numpy()
         truth = batch["edge"][:, 0].double().cpu().numpy()
-        pred = self.predict_edge(batch["input"])
+        pred = self.predict_edge(batch["input"], mask)
         noisy = batch["input"].double().cpu().numpy().transpose(1, 0, 2, 3)
-        smooth = self.hparams.smooth_points if self.energies.size >= 30 else 0  # not on a sparse scan
-        fit = fit_edge_energy(noisy, self.energies, self.ranges, smooth)
+        fit = fit_edge_energy(noisy, self.energies, self.ranges, mask=mask)
         for key, est in (("edge_rmse", pred), ("edge_rmse_fit", fit)):
             err = (est - truth)[mask]
             ok = np.isfinite(err)
