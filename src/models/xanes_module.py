@@ -44,12 +44,15 @@ class XanesModule(pl.LightningModule):
     """Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``);
     ``energies`` (eV) of the net's input channels (the full scan for the denoiser);
     ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points`` of the fit;
-    ``input_scale``: the data's stack divisor; optimizer/scheduler partial configs."""
+    ``input_scale``: the data's stack divisor; ``nmc_weight`` / ``edge_weight``: weights of the
+    denoiser's squared error on NMC voxels and on the energies of the edge window (others 1);
+    optimizer/scheduler partial configs."""
 
     def __init__(
         self, net: Mapping | nn.Module, task: str = "edge", scan_energies: Sequence[float] | None = None,
         n_input_energies: int | None = None,
         ranges: Mapping[str, Any] | None = None, smooth_points: int = 11, input_scale: float = 0.02,
+        nmc_weight: float = 1.0, edge_weight: float = 1.0,
         optimizer: Mapping | None = None, scheduler: Mapping | None = None, name: str = "xanes",
     ) -> None:
         super().__init__()
@@ -71,13 +74,35 @@ class XanesModule(pl.LightningModule):
             raise ValueError(f"model.net has {self.net.n_energies} input energies, the data "
                              f"{self.energies.size} (data.n_input_energies)")
         self._sums: dict[str, list[float]] = {}
+        lo, hi = self.ranges.absolute("edge")
+        edge = (self.energies >= lo) & (self.energies <= hi)
+        self.register_buffer("energy_weight", torch.from_numpy(
+            np.where(edge, float(edge_weight), 1.0).astype(np.float32)).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        """A fresh denoiser with a spectral basis (:class:`SpectralSpatialDenoiser`) starts from
+        the principal components of the clean training spectra (a few batches)."""
+        if self.task != "denoise" or not hasattr(self.net, "init_spectral_basis") or self.trainer.ckpt_path:
+            return
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
+        if loader is None:
+            return
+        spectra = []
+        for i, batch in enumerate(loader):
+            clean = batch["clean"]
+            spectra.append(clean.permute(0, 2, 3, 1).reshape(-1, clean.shape[1]))
+            if i >= 7:
+                break
+        self.net.init_spectral_basis(torch.cat(spectra).to(self.device))
+
     def _loss(self, batch: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
         if self.task == "denoise":
-            return nn.functional.mse_loss(out, batch["clean"])
+            voxel = 1.0 + (float(self.hparams.nmc_weight) - 1.0) * batch["mask"].float()  # (B, 1, H, W)
+            weight = voxel * self.energy_weight
+            return ((out - batch["clean"]) ** 2 * weight).sum() / weight.expand_as(out).sum()
         target = (batch["edge"] - self.net.centre_eV) / self.net.scale_eV
         mask = batch["mask"].float()
         return ((out - target * mask) ** 2 * mask).sum() / mask.sum().clamp_min(1)
