@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from src.analysis.xanes import (
     EdgeRanges,
+    EdgeShape,
     edge_shape,
     half_jump_energy,
     half_jump_energy_fit,
@@ -47,7 +48,7 @@ from src.analysis.xanes import (
 )
 from src.data.io import to_jsonable, write_json, write_tiff
 
-__all__ = ["XanesAnalysisConfig", "analyze_stack", "particle_statistics", "write_outputs"]
+__all__ = ["XanesAnalysisConfig", "analyze_stack", "mask_edge_shape", "particle_statistics", "write_outputs"]
 
 MAP_UNITS = {"jump": "input units", "valid": "1 = enough edge jump", "edge_energy": "eV (half jump)",
              "edge_energy_slope": "eV (steepest slope)", "white_line": "eV", "lcf_residual": "rms, normalised",
@@ -102,6 +103,16 @@ class XanesAnalysisConfig:
         return half_jump_energy(energies, norm, window, smooth_points=self.smooth_points)
 
 
+def mask_edge_shape(
+    energies: np.ndarray, flat: np.ndarray, idx: np.ndarray, ranges: EdgeRanges
+) -> EdgeShape | None:
+    """The shared :class:`EdgeShape` of ``analyze_stack``: from the mean spectrum of (at most
+    ~2^17 evenly strided) voxels ``idx`` of ``flat`` ``(E, N)``."""
+    if idx.size == 0:
+        return None
+    return edge_shape(energies, flat[:, idx[:: max(1, idx.size >> 17)]], ranges)
+
+
 def analyze_stack(
     energies: np.ndarray, stack: np.ndarray, mask: np.ndarray | None = None,
     references: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
@@ -130,10 +141,7 @@ def analyze_stack(
             lookup = mixture_edge_lookup(energies, references, cfg.ranges)
     idx = np.flatnonzero(mask.ravel())
     flat = stack.reshape(energies.size, -1)
-    shape = None
-    if cfg.shared_shape and idx.size:  # the mean spectrum of (at most ~2^17 voxels of) the mask
-        sample = idx[:: max(1, idx.size >> 17)]
-        shape = edge_shape(energies, flat[:, sample], cfg.ranges)
+    shape = mask_edge_shape(energies, flat, idx, cfg.ranges) if cfg.shared_shape else None
     keys = ["jump", "valid", "edge_energy", "edge_energy_slope", "white_line"]
     if refs is not None:
         keys += [f"weight_{n}" for n in names] + ["lcf_residual", "oxidation_state"]
