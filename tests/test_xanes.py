@@ -134,6 +134,14 @@ def test_vectorised_equals_scipy_loop():
     assert np.allclose(ns.jump, loop["jump"], rtol=1e-9)
     assert np.isfinite(edge_fit).all()
     assert np.allclose(edge_fit, loop["edge_energy"], atol=1e-6)
+    r2 = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0), post_order=2)  # quadratic post-edge
+    shape2 = edge_shape(energies, spectra, r2)
+    ns2 = normalize_spectra(energies, spectra, r2, shape2)
+    loop2 = analyze_spectrum_loop(energies, spectra, None, r2, shape=shape2)
+    assert len(shape2.post) == 3 and np.allclose(ns2.jump, loop2["jump"], rtol=1e-9)
+    assert np.allclose(half_jump_energy_fit(energies, ns2.norm, r2.absolute("edge")), loop2["edge_energy"], atol=1e-6)
+    with pytest.raises(ValueError, match="post_order"):
+        normalize_spectra(energies, spectra, r, shape2)
 
 
 def test_local_fit_and_shared_shape_beat_the_crossing_on_noisy_spectra():

@@ -66,8 +66,8 @@ class XanesAnalysisConfig:
     :func:`~src.analysis.xanes.half_jump_energy_fit`, with ``fit_half_width`` / ``fit_degree`` /
     ``coarse_smooth`` in eV) or ``"crossing"`` (first crossing after smoothing,
     :func:`~src.analysis.xanes.half_jump_energy`); ``smooth_points``: Savitzky–Golay window
-    (samples) along energy before the crossing and the slope search (0 = off); ``min_jump``: absolute minimum edge jump; ``min_jump_snr``: minimum
-    jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
+    (samples) along energy before the crossing and the slope search (0 = off); ``min_jump``:
+    absolute minimum edge jump; ``min_jump_snr``: minimum jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
     ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
     ``workers``: threads working on batches at once (None: one per CPU core).
     """
