@@ -75,7 +75,9 @@ def run_xanes(cfg: DictConfig) -> dict[str, Any]:
              energies.size, energies[0], energies[-1], int(mask.sum()), analysis.ranges.describe())
     shifts = None
     if cfg.align:
-        stack, shifts = align_stack(stack, int(cfg.align_reference), int(cfg.align_upsample), progress=True)
+        ref = cfg.align_reference
+        stack, shifts = align_stack(stack, ref if isinstance(ref, str) else int(ref), int(cfg.align_upsample),
+                                    progress=True)
         log.info("aligned: largest shift %.2f px", float(np.abs(shifts).max()))
     t_fit = time.perf_counter()
     maps = analyze_stack(energies, stack, mask, refs or None, names or None, analysis, progress=True)

@@ -7,7 +7,9 @@ import pytest
 
 from src.analysis.xanes import (
     EdgeRanges,
+    edge_shape,
     half_jump_energy,
+    half_jump_energy_fit,
     interpolate_references,
     linear_combination_fit,
     load_spectrum,
@@ -35,9 +37,12 @@ def test_reference_spectra_steepest_slope_and_half_jump(capsys):
     out = {}
     for name, e, mu in (("NiO", e2, mu2), ("LiNiO2", e3, mu3)):
         n = normalize_spectra(e, mu, r)
-        out[name] = (float(steepest_slope_energy(e, n.norm, r.absolute("edge"))),
-                     float(half_jump_energy(e, n.norm, r.absolute("edge"))))
+        fit = float(half_jump_energy_fit(e, n.norm, r.absolute("edge")))
+        out[name] = (float(steepest_slope_energy(e, n.norm, r.absolute("edge"))), fit)
         print(f"{name}: steepest slope {out[name][0]:.2f} eV, half jump {out[name][1]:.2f} eV; {r.describe()}")
+        assert abs(fit - float(half_jump_energy(e, n.norm, r.absolute("edge")))) < 0.2  # clean: as the crossing
+        shared = normalize_spectra(e, mu, r, edge_shape(e, mu, r))  # one spectrum: the same lines
+        assert np.allclose(shared.norm, n.norm, atol=1e-9) and np.isclose(shared.jump, n.jump)
     assert "pre-edge line 8200.0-8320.0 eV" in capsys.readouterr().out
     assert abs(out["NiO"][0] - 8342.5) <= 0.5
     assert abs(out["LiNiO2"][0] - 8347.0) <= 0.5
@@ -115,11 +120,67 @@ def test_vectorised_equals_scipy_loop():
     wl = white_line_energy(energies, n.norm, r.absolute("white_line"), r.white_line_half_width)
     refs_n = interpolate_references(energies, refs, r)
     fit = linear_combination_fit(n.norm, refs_n)
-    loop = analyze_spectrum_loop(energies, spectra, refs_n, r, smooth_points=7)
+    loop = analyze_spectrum_loop(energies, spectra, refs_n, r, smooth_points=7, edge_fit=None)
     assert np.allclose(n.jump, loop["jump"], rtol=1e-9)
     assert np.allclose(edge, loop["edge_energy"], atol=1e-6, equal_nan=True)
     assert np.allclose(wl, loop["white_line"], atol=1e-6)
     assert np.allclose(fit.weights, loop["weights"], atol=1e-6)
+    # the defaults of analyze_stack: shared-shape normalisation and the local-cubic half jump
+    shape = edge_shape(energies, spectra, r)
+    ns = normalize_spectra(energies, spectra, r, shape)
+    edge_fit = half_jump_energy_fit(energies, ns.norm, r.absolute("edge"), half_width=4.5, degree=3,
+                                    coarse_smooth=6.0)
+    loop = analyze_spectrum_loop(energies, spectra, None, r, shape=shape, edge_fit=(4.5, 3, 6.0))
+    assert np.allclose(ns.jump, loop["jump"], rtol=1e-9)
+    assert np.isfinite(edge_fit).all()
+    assert np.allclose(edge_fit, loop["edge_energy"], atol=1e-6)
+    r2 = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0), post_order=2)  # quadratic post-edge
+    shape2 = edge_shape(energies, spectra, r2)
+    ns2 = normalize_spectra(energies, spectra, r2, shape2)
+    loop2 = analyze_spectrum_loop(energies, spectra, None, r2, shape=shape2)
+    assert len(shape2.post) == 3 and np.allclose(ns2.jump, loop2["jump"], rtol=1e-9)
+    assert np.allclose(half_jump_energy_fit(energies, ns2.norm, r2.absolute("edge")), loop2["edge_energy"], atol=1e-6)
+    with pytest.raises(ValueError, match="post_order"):
+        normalize_spectra(energies, spectra, r, shape2)
+
+
+def test_local_fit_and_shared_shape_beat_the_crossing_on_noisy_spectra():
+    """Mixtures of the two references (edge known from the mixture lookup), sparse pre/post-edge
+    energies as in the simulator's scan, 9 % noise per point of the jump: the shared-shape
+    normalisation plus the local cubic must beat per-voxel lines plus the smoothed crossing by a
+    clear margin, and each step must help on its own."""
+    refs = _refs()
+    energies = np.round(np.concatenate([np.arange(8290.0, 8331.0, 10.0), 8334 + 0.6 * np.arange(51),
+                                        [8375.0, 8400.0, 8425.0, 8450.0]]), 3)
+    r = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0))
+    basis = interpolate_references(energies, refs, r, normalize=False)
+    lookup = mixture_edge_lookup(energies, refs, r)
+    rng = np.random.default_rng(7)
+    frac = rng.uniform(0, 1, 4000)
+    jump = float(normalize_spectra(energies, basis[:, :1], r).jump[0])
+    bg = 0.5 * (energies / 8346.0) ** -2.8
+    spectra = bg[:, None] + basis @ np.stack([1 - frac, frac]) + rng.normal(0, 0.09 * jump, (energies.size, frac.size))
+    truth = np.interp(frac, *lookup)
+    window = r.absolute("edge")
+
+    def rmse(est):
+        return float(np.sqrt(np.nanmean((est - truth) ** 2)))
+
+    plain = normalize_spectra(energies, spectra, r).norm
+    shared = normalize_spectra(energies, spectra, r, edge_shape(energies, spectra, r)).norm
+    old = rmse(half_jump_energy(energies, plain, window, smooth_points=11))
+    fit_only = rmse(half_jump_energy_fit(energies, plain, window))
+    shape_only = rmse(half_jump_energy(energies, shared, window, smooth_points=11))
+    new = rmse(half_jump_energy_fit(energies, shared, window))
+    assert new < 0.7 * old, (new, old)
+    assert fit_only < 0.97 * old and shape_only < 0.85 * old, (fit_only, shape_only, old)
+    assert np.isfinite(half_jump_energy_fit(energies, shared, window)).mean() > 0.99
+    # noiseless: the local cubic stays within the 0.1 eV target
+    clean = normalize_spectra(energies, bg[:, None] + basis @ np.stack([1 - frac, frac]), r).norm
+    clean_fit, clean_crossing = rmse(half_jump_energy_fit(energies, clean, window)), rmse(half_jump_energy(energies, clean, window))
+    print(f"noisy: crossing {old:.3f}, fit {fit_only:.3f}, shared shape {shape_only:.3f}, both {new:.3f} eV; "
+          f"noiseless: crossing {clean_crossing:.3f}, fit {clean_fit:.3f} eV")
+    assert clean_fit < 0.1  # the cubic over ±4.5 eV costs ~0.06 eV of shape bias, noise gains 0.3 eV
 
 
 def test_normalisation_of_a_synthetic_edge():
@@ -131,10 +192,16 @@ def test_normalisation_of_a_synthetic_edge():
     assert np.allclose(n.jump, [0.7 * 0.93, 1.4 * 0.93], rtol=0.06)  # arctan tails inside the fit ranges
     edge = half_jump_energy(e, n.norm, r.absolute("edge"))
     assert np.allclose(edge, 8345.0, atol=0.05)
+    assert np.allclose(half_jump_energy_fit(e, n.norm, r.absolute("edge")), 8345.0, atol=0.05)
+    with pytest.raises(ValueError, match="degree"):
+        half_jump_energy_fit(e, n.norm, r.absolute("edge"), degree=0)
     assert np.allclose(steepest_slope_energy(e, n.norm, r.absolute("edge")), 8345.0, atol=0.05)
     flat = np.stack([np.full_like(e, 2.0)] * 2, 1)
     assert np.isnan(half_jump_energy(e, normalize_spectra(e, flat + 1e-9 * e[:, None], r).norm,
                                      r.absolute("edge"))).all()
+    assert np.isnan(half_jump_energy_fit(e, normalize_spectra(e, flat + 1e-9 * e[:, None], r).norm,
+                                         r.absolute("edge"))).all()
+    assert edge_shape(e, mu - 2.0, r) is None  # a pre-edge line through 0 at e0: no relative slope
     with pytest.raises(ValueError, match="pre-edge range"):
         normalize_spectra(e[100:], mu[100:], r)
     with pytest.raises(ValueError, match="energy axis first"):

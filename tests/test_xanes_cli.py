@@ -92,7 +92,9 @@ def _train_overrides(out: Path, experiment: str) -> list[str]:
     return [f"experiment={experiment}", "logger=csv", "data.shape=[8,32,32]", "data.train_seeds=[0,1]",
             "data.val_seeds=[100]", "data.samples_per_epoch=32", "data.batch_size=8", "data.crop=16",
             "data.n_angles=45", "trainer.max_epochs=2", "trainer.max_time=null",
-            "trainer.enable_model_summary=false", "model.net.base_filters=8", "model.net.depth=1",
+            "trainer.enable_model_summary=false",
+            *(["model.net.base_filters=8", "model.net.depth=1"] if experiment == "xanes_edge"
+              else ["model.net.width=8", "model.net.components=4"]),
             f"data.xanes.reference_dir={shared_data('xanes')}", f"data.cache_dir={out}/cache",
             f"paths.output_dir={out}", f"paths.log_dir={out}/logs"]
 

@@ -31,13 +31,16 @@ def estimate_shift(
     *,
     upsample_factor: int = 1,
     window: bool = True,
+    normalization: str | None = "phase",
 ) -> tuple[np.ndarray, float]:
     """Translation (z, y, x) in voxels that aligns ``moving`` to ``reference``, and its error.
 
     Both inputs are (z, y, x) (or (y, x)) arrays of the same shape (a bool/0-1 phase indicator works best
     for labels). Each is mean-subtracted and, with ``window``, multiplied by a Hann window so
     that the non-periodic faces do not dominate the phase correlation. ``upsample_factor`` > 1
-    gives sub-voxel precision (1/factor).
+    gives sub-voxel precision (1/factor). ``normalization``: ``"phase"`` (phase correlation,
+    sharp peak, best on clean label images) or None (plain cross-correlation, which does not
+    whiten the noise: better on noisy grey images).
     """
     from skimage.registration import phase_cross_correlation
 
@@ -56,7 +59,8 @@ def estimate_shift(
             shape[axis] = n
             win = win * hann(n, sym=False).astype(np.float32).reshape(shape)
         ref, mov = ref * win, mov * win
-    shift, error, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample_factor)
+    shift, error, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample_factor,
+                                              normalization=normalization)
     return np.asarray(shift, float), float(error)
 
 

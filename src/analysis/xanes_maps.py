@@ -33,7 +33,10 @@ from tqdm.auto import tqdm
 
 from src.analysis.xanes import (
     EdgeRanges,
+    EdgeShape,
+    edge_shape,
     half_jump_energy,
+    half_jump_energy_fit,
     interpolate_references,
     linear_combination_fit,
     mixture_edge_lookup,
@@ -45,7 +48,7 @@ from src.analysis.xanes import (
 )
 from src.data.io import to_jsonable, write_json, write_tiff
 
-__all__ = ["XanesAnalysisConfig", "analyze_stack", "particle_statistics", "write_outputs"]
+__all__ = ["XanesAnalysisConfig", "analyze_stack", "mask_edge_shape", "particle_statistics", "write_outputs"]
 
 MAP_UNITS = {"jump": "input units", "valid": "1 = enough edge jump", "edge_energy": "eV (half jump)",
              "edge_energy_slope": "eV (steepest slope)", "white_line": "eV", "lcf_residual": "rms, normalised",
@@ -57,14 +60,24 @@ MAP_UNITS = {"jump": "input units", "valid": "1 = enough edge jump", "edge_energ
 class XanesAnalysisConfig:
     """Settings of the per-voxel analysis.
 
-    ``smooth_points``: Savitzky–Golay window (samples) along energy before the half-jump and
-    slope search (0 = off); ``min_jump``: absolute minimum edge jump; ``min_jump_snr``: minimum
-    jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
+    ``shared_shape``: normalise with the pre-edge slope and post-edge shape of the mean spectrum
+    of the mask (:func:`~src.analysis.xanes.edge_shape`; one fitted parameter per line, less
+    noise) instead of per-voxel lines; ``edge_method``: ``"fit"`` (local cubic,
+    :func:`~src.analysis.xanes.half_jump_energy_fit`, with ``fit_half_width`` / ``fit_degree`` /
+    ``coarse_smooth`` in eV) or ``"crossing"`` (first crossing after smoothing,
+    :func:`~src.analysis.xanes.half_jump_energy`); ``smooth_points``: Savitzky–Golay window
+    (samples) along energy before the crossing and the slope search (0 = off); ``min_jump``:
+    absolute minimum edge jump; ``min_jump_snr``: minimum jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
     ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
     ``workers``: threads working on batches at once (None: one per CPU core).
     """
 
     ranges: EdgeRanges = field(default_factory=EdgeRanges)
+    shared_shape: bool = True
+    edge_method: str = "fit"
+    fit_half_width: float = 4.5
+    fit_degree: int = 3
+    coarse_smooth: float = 6.0
     smooth_points: int = 11
     min_jump: float = 0.0
     min_jump_snr: float = 3.0
@@ -73,6 +86,31 @@ class XanesAnalysisConfig:
     oxidation_states: tuple[float, ...] = (2.0, 3.0)
     chunk_voxels: int = 1 << 16
     workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.edge_method not in ("fit", "crossing"):
+            raise ValueError(f"edge_method must be 'fit' or 'crossing', got {self.edge_method!r}")
+
+    def half_jump(self, energies: np.ndarray, norm: np.ndarray, smoothed: np.ndarray | None = None) -> np.ndarray:
+        """Half-jump energy (eV) of normalised spectra ``(E, ...)`` by ``edge_method``;
+        ``smoothed``: the already smoothed spectra (``crossing`` only)."""
+        window = self.ranges.absolute("edge")
+        if self.edge_method == "fit":
+            return half_jump_energy_fit(energies, norm, window, half_width=self.fit_half_width,
+                                        degree=self.fit_degree, coarse_smooth=self.coarse_smooth)
+        if smoothed is not None:
+            return half_jump_energy(energies, smoothed, window)
+        return half_jump_energy(energies, norm, window, smooth_points=self.smooth_points)
+
+
+def mask_edge_shape(
+    energies: np.ndarray, flat: np.ndarray, idx: np.ndarray, ranges: EdgeRanges
+) -> EdgeShape | None:
+    """The shared :class:`EdgeShape` of ``analyze_stack``: from the mean spectrum of (at most
+    ~2^17 evenly strided) voxels ``idx`` of ``flat`` ``(E, N)``."""
+    if idx.size == 0:
+        return None
+    return edge_shape(energies, flat[:, idx[:: max(1, idx.size >> 17)]], ranges)
 
 
 def analyze_stack(
@@ -103,6 +141,7 @@ def analyze_stack(
             lookup = mixture_edge_lookup(energies, references, cfg.ranges)
     idx = np.flatnonzero(mask.ravel())
     flat = stack.reshape(energies.size, -1)
+    shape = mask_edge_shape(energies, flat, idx, cfg.ranges) if cfg.shared_shape else None
     keys = ["jump", "valid", "edge_energy", "edge_energy_slope", "white_line"]
     if refs is not None:
         keys += [f"weight_{n}" for n in names] + ["lcf_residual", "oxidation_state"]
@@ -119,13 +158,15 @@ def analyze_stack(
         sl = slice(start, start + cfg.chunk_voxels)
         cols = slice(idx[sl][0], idx[sl][-1] + 1) if contiguous else idx[sl]  # a view when possible
         y = np.asarray(flat[:, cols], np.float32)
-        n = normalize_spectra(energies, y, cfg.ranges)
+        n = normalize_spectra(energies, y, cfg.ranges, shape)
         valid = (n.jump > cfg.min_jump) & (n.jump > cfg.min_jump_snr * n.pre_noise)
         norm = np.nan_to_num(n.norm)
         smooth = smooth_spectra(e_rows, norm[rows], cfg.smooth_points)
         values["jump"][sl] = n.jump
         values["valid"][sl] = valid
-        for key, est in (("edge_energy", half_jump_energy(e_rows, smooth, edge_win)),
+        edge = (cfg.half_jump(energies, norm) if cfg.edge_method == "fit"
+                else cfg.half_jump(e_rows, norm[rows], smooth))
+        for key, est in (("edge_energy", edge),
                          ("edge_energy_slope", steepest_slope_energy(e_rows, smooth, edge_win)),
                          ("white_line", white_line_energy(energies, norm, wl_win,
                                                           cfg.ranges.white_line_half_width))):

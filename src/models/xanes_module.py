@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.analysis.xanes import EdgeRanges, half_jump_energy, normalize_spectra
+from src.analysis.xanes import EdgeRanges, edge_shape, half_jump_energy_fit, normalize_spectra
 from src.config import to_plain
 from src.data.xanes_simulator import default_energies, reduced_energy_indices
 from src.models.segmentation_module import build_net, optimizers_from_config
@@ -27,22 +27,32 @@ from src.models.segmentation_module import build_net, optimizers_from_config
 __all__ = ["XanesModule", "fit_edge_energy"]
 
 
-def fit_edge_energy(stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, smooth_points: int) -> np.ndarray:
-    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none)."""
-    n = normalize_spectra(energies, stack, ranges)
-    return half_jump_energy(energies, n.norm, ranges.absolute("edge"), smooth_points=smooth_points)
+def fit_edge_energy(
+    stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, smooth_points: int = 0,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none): the
+    shared-shape normalisation (shape from the ``mask`` voxels, all when None) and the
+    local-cubic estimator of ``analyze_stack``'s defaults (``smooth_points`` is unused, kept
+    for old callers)."""
+    sample = stack if mask is None or not np.any(mask) else stack[:, np.asarray(mask, bool)]
+    n = normalize_spectra(energies, stack, ranges, edge_shape(energies, sample, ranges))
+    return half_jump_energy_fit(energies, np.nan_to_num(n.norm), ranges.absolute("edge"))
 
 
 class XanesModule(pl.LightningModule):
     """Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``);
     ``energies`` (eV) of the net's input channels (the full scan for the denoiser);
     ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points`` of the fit;
-    ``input_scale``: the data's stack divisor; optimizer/scheduler partial configs."""
+    ``input_scale``: the data's stack divisor; ``nmc_weight`` / ``edge_weight``: weights of the
+    denoiser's squared error on NMC voxels and on the energies of the edge window (others 1);
+    optimizer/scheduler partial configs."""
 
     def __init__(
         self, net: Mapping | nn.Module, task: str = "edge", scan_energies: Sequence[float] | None = None,
         n_input_energies: int | None = None,
         ranges: Mapping[str, Any] | None = None, smooth_points: int = 11, input_scale: float = 0.02,
+        nmc_weight: float = 1.0, edge_weight: float = 1.0,
         optimizer: Mapping | None = None, scheduler: Mapping | None = None, name: str = "xanes",
     ) -> None:
         super().__init__()
@@ -64,13 +74,35 @@ class XanesModule(pl.LightningModule):
             raise ValueError(f"model.net has {self.net.n_energies} input energies, the data "
                              f"{self.energies.size} (data.n_input_energies)")
         self._sums: dict[str, list[float]] = {}
+        lo, hi = self.ranges.absolute("edge")
+        edge = (self.energies >= lo) & (self.energies <= hi)
+        self.register_buffer("energy_weight", torch.from_numpy(
+            np.where(edge, float(edge_weight), 1.0).astype(np.float32)).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        """A fresh denoiser with a spectral basis (:class:`SpectralSpatialDenoiser`) starts from
+        the principal components of the clean training spectra (a few batches)."""
+        if self.task != "denoise" or not hasattr(self.net, "init_spectral_basis") or self.trainer.ckpt_path:
+            return
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
+        if loader is None:
+            return
+        spectra = []
+        for i, batch in enumerate(loader):
+            clean = batch["clean"]
+            spectra.append(clean.permute(0, 2, 3, 1).reshape(-1, clean.shape[1]))
+            if i >= 7:
+                break
+        self.net.init_spectral_basis(torch.cat(spectra).to(self.device))
+
     def _loss(self, batch: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
         if self.task == "denoise":
-            return nn.functional.mse_loss(out, batch["clean"])
+            voxel = 1.0 + (float(self.hparams.nmc_weight) - 1.0) * batch["mask"].float()  # (B, 1, H, W)
+            weight = voxel * self.energy_weight
+            return ((out - batch["clean"]) ** 2 * weight).sum() / weight.expand_as(out).sum()
         target = (batch["edge"] - self.net.centre_eV) / self.net.scale_eV
         mask = batch["mask"].float()
         return ((out - target * mask) ** 2 * mask).sum() / mask.sum().clamp_min(1)
@@ -80,13 +112,14 @@ class XanesModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
         return loss
 
-    def predict_edge(self, x: torch.Tensor) -> np.ndarray:
-        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task)."""
+    def predict_edge(self, x: torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
+        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task); ``mask``
+        ``(B, H, W)``: the NMC voxels whose mean spectrum sets the normalisation shape."""
         out = self(x)
         if self.task == "edge":
             return self.net.to_eV(out)[:, 0].cpu().numpy()
         stack = out.detach().double().cpu().numpy().transpose(1, 0, 2, 3)  # (E, B, H, W)
-        return fit_edge_energy(stack, self.energies, self.ranges, self.hparams.smooth_points)
+        return fit_edge_energy(stack, self.energies, self.ranges, mask=mask)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch["input"])
@@ -94,10 +127,9 @@ class XanesModule(pl.LightningModule):
         self.log("val/loss", self._loss(batch, out), on_epoch=True, batch_size=n)
         mask = batch["mask"][:, 0].cpu().numpy()
         truth = batch["edge"][:, 0].double().cpu().numpy()
-        pred = self.predict_edge(batch["input"])
+        pred = self.predict_edge(batch["input"], mask)
         noisy = batch["input"].double().cpu().numpy().transpose(1, 0, 2, 3)
-        smooth = self.hparams.smooth_points if self.energies.size >= 30 else 0  # not on a sparse scan
-        fit = fit_edge_energy(noisy, self.energies, self.ranges, smooth)
+        fit = fit_edge_energy(noisy, self.energies, self.ranges, mask=mask)
         for key, est in (("edge_rmse", pred), ("edge_rmse_fit", fit)):
             err = (est - truth)[mask]
             ok = np.isfinite(err)
