@@ -6,6 +6,8 @@ checkpoints), then scores FBP, SIRT, TV (PDHG) and the three nets on the held-ou
 error; writes ``<out>/recon_learned.csv`` and ``.md``.
 
     python benchmarks/recon_learned.py --minutes 2 --n-angles 60 --photons 1e4
+    python benchmarks/recon_learned.py --minutes 6 --model-override lpd:model.net.init=fbp \
+        lpd:model.net.zero_updates=true --override model.optimizer.lr=2e-3 model.scheduler=null
     python benchmarks/recon_learned.py --ckpt lpd=RUN/checkpoints/best.ckpt --budget lpd=380
 """
 
@@ -64,7 +66,8 @@ def train_model(model: str, a: argparse.Namespace, out: Path) -> tuple[Path, flo
                  f"trainer.max_epochs={a.epochs}",
                  f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
                  "callbacks.early_stopping=null", "trainer.enable_model_summary=false",
-                 f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *a.override]
+                 f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *a.override,
+                 *[o.split(":", 1)[1] for o in a.model_override if o.split(":", 1)[0] == model]]
     start = time.perf_counter()
     train.train(compose(overrides))
     return run_dir / "checkpoints" / "best.ckpt", time.perf_counter() - start
@@ -91,6 +94,8 @@ def main() -> None:
     p.add_argument("--sirt-iter", type=int, default=100)
     p.add_argument("--tv-iter", type=int, default=300)
     p.add_argument("--override", nargs="*", default=[], help="extra train.py overrides")
+    p.add_argument("--model-override", nargs="*", default=[], metavar="MODEL:OVERRIDE",
+                   help="train.py override for one model, e.g. lpd:model.net.zero_updates=true")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / "recon_learned")
     a = p.parse_args()
     a.photons = None if a.photons is not None and a.photons <= 0 else a.photons
