@@ -54,12 +54,9 @@ def build_net(name: str, ckpt: str | None = None):
     torch.manual_seed(0)
     if not ckpt:
         return instantiate(NETS[name]).eval()
-    from src.models.checkpoint import read_checkpoint
+    from src.models.checkpoint import load_segmentation_checkpoint
 
-    state = read_checkpoint(Path(ckpt))
-    net = instantiate(state["hyper_parameters"]["net"])
-    net.load_state_dict({k[4:]: v for k, v in state["state_dict"].items() if k.startswith("net.")})
-    return net.eval()
+    return load_segmentation_checkpoint(ckpt)[0].net.eval()
 
 
 def calibrate_batch_norm(net, volume: str, value_range: tuple[float, float]) -> None:

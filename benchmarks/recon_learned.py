@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.config import CONFIG_DIR, setup_config_env  # noqa: E402
+from src.config import compose_config, setup_config_env  # noqa: E402
 from src.data.sinograms import SinogramDataModule  # noqa: E402
 from src.models.reconstruction_module import load_reconstruction_checkpoint  # noqa: E402
 from src.recon.evaluation import (  # noqa: E402
@@ -36,16 +36,6 @@ from src.recon.evaluation import (  # noqa: E402
 )
 
 NAMES = DISPLAY_NAMES
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
 
 
 def data_overrides(a: argparse.Namespace) -> list[str]:
@@ -67,9 +57,9 @@ def train_model(model: str, a: argparse.Namespace, out: Path) -> tuple[Path, flo
                  f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
                  "callbacks.early_stopping=null", "trainer.enable_model_summary=false",
                  f"paths.output_dir={run_dir}", f"paths.log_dir={run_dir}/logs", *a.override,
-                 *[o.split(":", 1)[1] for o in a.model_override if o.split(":", 1)[0] == model]]
+                 *a.model_override.get(model, [])]
     start = time.perf_counter()
-    train.train(compose(overrides))
+    train.train(compose_config("train", overrides))
     return run_dir / "checkpoints" / "best.ckpt", time.perf_counter() - start
 
 
@@ -99,6 +89,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / "recon_learned")
     a = p.parse_args()
     a.photons = None if a.photons is not None and a.photons <= 0 else a.photons
+    per_model: dict[str, list[str]] = {}
+    for spec in a.model_override:
+        model, sep, override = spec.partition(":")
+        if not sep or model not in NAMES:
+            p.error(f"--model-override {spec!r}: expected MODEL:OVERRIDE with MODEL one of {list(NAMES)}")
+        per_model.setdefault(model, []).append(override)
+    a.model_override = per_model
     setup_config_env()
     os.environ.setdefault("WANDB_MODE", "offline")
     a.out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +110,7 @@ def main() -> None:
             trained[model] = train_model(model, a, a.out)
             print(f"trained {model} in {trained[model][1]:.0f} s")
 
-    cfg = compose(["model=lpd", *data_overrides(a)])
+    cfg = compose_config("train", ["model=lpd", *data_overrides(a)])
     dm: SinogramDataModule = instantiate(cfg.data)
     learned, budget = {}, {}
     for label, (path, seconds) in trained.items():

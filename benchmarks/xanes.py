@@ -229,9 +229,10 @@ def part_speed(ref_dir: Path, size: int, sample: int) -> dict:
 # ------------------------------------------------------------------ CNNs at equal dose
 def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) -> dict:
     import torch
+    from hydra.utils import instantiate
 
+    from src.config import compose_config
     from src.models.xanes_module import XanesModule
-    from tests.conftest import compose
     from train import train
 
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -242,11 +243,11 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     runs, times = {}, {}
     for exp in ("xanes_edge", "xanes_denoiser"):
         run = out_dir / exp
-        cfg = compose("train", [f"experiment={exp}", *common, f"paths.output_dir={run}", f"paths.log_dir={run}"])
+        cfg = compose_config("train", [f"experiment={exp}", *common, f"paths.output_dir={run}", f"paths.log_dir={run}"])
         t = time.perf_counter()
         train(cfg)
         times[exp] = time.perf_counter() - t
-        dm = __import__("hydra").utils.instantiate(cfg.data)
+        dm = instantiate(cfg.data)
         module = XanesModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
         runs[exp] = (cfg, dm, module)
     _, dm_b, net_b = runs["xanes_edge"]

@@ -20,6 +20,17 @@ def setup_config_env() -> None:
         OmegaConf.register_new_resolver("rank_suffix", rank_suffix)
 
 
+def compose_config(config_name: str, overrides: list[str], return_hydra_config: bool = False):
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as the command line would (Hydra's
+    compose API; for scripts and tests that call ``train``/``evaluate`` in-process)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
 def process_rank() -> int:
     """Global rank of this training process before torch.distributed starts: SLURM's task id
     under srun, else Lightning's ``NODE_RANK``/``LOCAL_RANK`` of the processes it spawns."""

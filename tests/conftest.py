@@ -12,7 +12,7 @@ from scipy import ndimage
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from src.config import CONFIG_DIR, setup_config_env  # noqa: E402
+from src.config import compose_config, setup_config_env  # noqa: E402
 from src.data.io import write_tiff  # noqa: E402
 
 setup_config_env()
@@ -59,13 +59,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def compose(config_name: str, overrides: list[str]):
     """Compose a config of conf/ like the command line would (Hydra's compose API)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+    return compose_config(config_name, overrides)
 
 
 def tiny_train_overrides(data_dir: Path, out_dir: Path, model: str = "lrcsnet", logger: str = "csv") -> list[str]:

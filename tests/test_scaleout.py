@@ -149,16 +149,9 @@ def test_wandb_sweep_example_gives_valid_hydra_overrides():
 def test_slurm_launcher_config():
     """hydra/launcher=slurm (submitit): one task and GPU per DDP process, nodes from the trainer."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[track]'")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from src.config import compose_config
 
-    from src.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
-                            return_hydra_config=True)
+    cfg = compose_config("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

@@ -110,15 +110,9 @@ def test_optuna_sweep_resumes_after_sigkill(tiny_data, tmp_path):
 def test_segmentpy_search_space_composes():
     """The real-data search: experiment segmentpy_nmc, SQLite storage under logs/, the space."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install '.[track]'")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from src.config import compose_config
 
-    from src.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", ["hparams_search=segmentpy_optuna", "paths.log_dir=/x/logs"], return_hydra_config=True)
+    cfg = compose_config("train", ["hparams_search=segmentpy_optuna", "paths.log_dir=/x/logs"], return_hydra_config=True)
     assert cfg.task_name == "segmentpy_nmc" and "segmentpy-nmc" in cfg.data.images[0]
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.batteryct_sweepers.ResumableOptunaSweeper"

@@ -136,9 +136,9 @@ class TiledPredictor:
             batch_size = 2 if self.device.type == "cpu" else 8
         if batch_size < 1 or prefetch < 0:
             raise ValueError(f"batch_size must be >= 1 and prefetch >= 0, got {batch_size}, {prefetch}")
-        self.folded_batch_norms = 0
         if fuse_batch_norm:
-            net, self.folded_batch_norms = fold_batch_norm(net)
+            net, folded = fold_batch_norm(net)
+            log.debug("folded %d batch norms into their convolutions", folded)
         self.net = net.to(self.device).eval()
         self.spatial_dims, self.size_multiple = spatial_dims, int(size_multiple)
         self.chunk, self.halo = chunk, halo
