@@ -115,13 +115,19 @@ def _csr(row: Tensor, col: Tensor, val: Tensor, n_rows: int, n_cols: int) -> Ten
                                        check_invariants=False)
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is float16/bfloat16 (differentiable cast), else unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class _Project(torch.autograd.Function):
     """Differentiable forward projection; its backward is the adjoint (and vice versa)."""
 
     @staticmethod
     def forward(ctx, image: Tensor, op: ParallelBeamProjector) -> Tensor:  # type: ignore[override]
         ctx.op = op
-        return op._apply_forward(image)
+        with torch.autocast(image.device.type, enabled=False):  # autocast would cast addmm to half
+            return op._apply_forward(image)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -134,7 +140,8 @@ class _Backproject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sino: Tensor, op: ParallelBeamProjector) -> Tensor:  # type: ignore[override]
         ctx.op = op
-        return op._apply_adjoint(sino)
+        with torch.autocast(sino.device.type, enabled=False):
+            return op._apply_adjoint(sino)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -265,12 +272,17 @@ class ParallelBeamProjector(torch.nn.Module):
 
     # ---------------------------------------------------------------- public API
     def forward(self, image: Tensor) -> Tensor:
-        """Line integrals (pixel units) ``(B, A, n_det)`` of ``image`` ``(B, H, W)``."""
-        return _Project.apply(image, self)
+        """Line integrals (pixel units) ``(B, A, n_det)`` of ``image`` ``(B, H, W)``.
+
+        Half-precision input (e.g. under ``torch.autocast``) is projected in float32: the sparse
+        kernels have no bfloat16/float16 version.
+        """
+        return _Project.apply(_at_least_float32(image), self)
 
     def adjoint(self, sino: Tensor) -> Tensor:
-        """Exact transpose ``A^T`` (backprojection): ``(B, A, n_det) -> (B, H, W)``."""
-        return _Backproject.apply(sino, self)
+        """Exact transpose ``A^T`` (backprojection): ``(B, A, n_det) -> (B, H, W)``; float32 for
+        half-precision input, as :meth:`forward`."""
+        return _Backproject.apply(_at_least_float32(sino), self)
 
 
 def project(
