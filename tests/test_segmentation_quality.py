@@ -118,3 +118,37 @@ def test_label_bias_table_on_three_phases():
     assert dil["relabelled"] == pytest.approx(dil["vf_NMC"] - truth["vf_NMC"])
     ero = rows[1]
     assert ero["rel_vf_NMC"] < 0 and ero["vf_CBD"] + ero["vf_pore"] > truth["vf_CBD"] + truth["vf_pore"]
+
+
+def _smooth_field(seed: int, shape=(64, 80)) -> np.ndarray:
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 3.0)
+    return ((field - field.min()) / (field.max() - field.min())).astype(np.float32)
+
+
+def test_label_consistency_separates_consistent_from_slice_dependent_labels():
+    from src.analysis.baselines import RandomForestSegmenter
+    from src.analysis.label_consistency import format_consistency_table, label_consistency
+
+    images = [_smooth_field(s) for s in range(3)]
+
+    def rf():
+        return RandomForestSegmenter(n_estimators=20, samples_per_class=800)
+
+    # one rule for every slice: two thresholds on the grey value
+    same = [np.digitize(im, [0.4, 0.6]).astype(np.uint8) for im in images]
+    rows = label_consistency(images, same, ["a", "b", "c"], ["s0", "s1", "s2"], make_segmenter=rf)
+    assert [r["slice"] for r in rows] == ["s0", "s1", "s2", "pooled"]
+    pooled = rows[-1]
+    assert pooled["within"]["miou"] > 0.85 and pooled["across"]["miou"] > 0.85
+    assert abs(pooled["within"]["miou"] - pooled["across"]["miou"]) < 0.06
+    # the labeller's upper threshold moves from slice to slice: only "within" can follow it
+    moved = [np.digitize(im, [0.3, t]).astype(np.uint8) for im, t in zip(images, [0.45, 0.6, 0.75], strict=True)]
+    rows_moved = label_consistency(images, moved, ["a", "b", "c"], make_segmenter=rf)
+    gap = rows_moved[-1]["within"]["miou"] - rows_moved[-1]["across"]["miou"]
+    assert gap > 0.1
+    table = format_consistency_table(rows_moved, ["a", "b", "c"])
+    assert table.count("\n") == 5 and "pooled" in table
+    with pytest.raises(ValueError, match="same 2D shape"):
+        label_consistency(images, [same[0], same[1], same[2][:10]], ["a", "b", "c"], make_segmenter=rf)

@@ -1,0 +1,105 @@
+"""How consistent are hand labels from one slice to the next?
+
+Before blaming a network for a low score on held-out slices, ask how well the labels can be
+predicted at all. For each labelled slice, the same classifier (the random forest on Weka-like
+features by default) is trained twice and scored on the same half of that slice:
+
+* **within**: trained on the other half of the *same* slice (the labeller's rules for that slice,
+  in a spatially separate region);
+* **across**: trained on all *other* slices (what a held-out-slice evaluation measures).
+
+A large within − across gap means the labels follow rules that change from slice to slice
+(different thresholds, different judgement of CBD against pore): no model trained on other
+slices can close it, however good. A small gap with a low "within" means the phases are
+not separable from the grey values at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from src.analysis.metrics import confusion_matrix, scores_from_confusion
+
+
+class Segmenter(Protocol):
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Any: ...
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def _default_segmenter() -> Segmenter:
+    from src.analysis.baselines import RandomForestSegmenter
+
+    return RandomForestSegmenter()
+
+
+def _halves(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Column slices of the left (train) and right (score) halves of a 2D slice."""
+    w = shape[1] // 2
+    return slice(0, w), slice(w, shape[1])
+
+
+def label_consistency(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    names: Sequence[str] | None = None,
+    make_segmenter: Callable[[], Segmenter] = _default_segmenter,
+) -> list[dict[str, Any]]:
+    """Within-slice against across-slice scores of each labelled slice (see the module doc).
+
+    Args:
+        images: normalised 2D slices (H_i, W_i); at least two.
+        labels: integer labels of the same shapes, values in ``[0, len(class_names))``.
+        class_names: phase names (label value = index).
+        names: a name per slice for the rows (default: its index).
+        make_segmenter: returns a fresh, unfitted segmenter (``fit`` on lists of 2D images and
+            labels, ``predict`` of a 2D image to labels).
+
+    Returns:
+        One dict per slice, ``{"slice", "within": scores, "across": scores}`` where scores are
+        :func:`~src.analysis.metrics.scores_from_confusion` on the right half of the slice, then
+        a last row ``"pooled"`` with the confusion matrices of all slices summed.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    if len(images) < 2:
+        raise ValueError("label_consistency needs at least two labelled slices")
+    names = [str(i) for i in range(len(images))] if names is None else [str(n) for n in names]
+    n = len(class_names)
+    for name, img, lab in zip(names, images, labels, strict=True):
+        if img.ndim != 2 or img.shape != lab.shape:
+            raise ValueError(f"slice {name}: image {img.shape} and labels {lab.shape} must be the same 2D shape")
+    rows: list[dict[str, Any]] = []
+    total = {"within": np.zeros((n, n), np.int64), "across": np.zeros((n, n), np.int64)}
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        left, right = _halves(img.shape)
+        truth = np.asarray(lab)[:, right]
+        within = make_segmenter().fit([img[:, left]], [np.asarray(lab)[:, left]])
+        others = [k for k in range(len(images)) if k != i]
+        across = make_segmenter().fit([images[k] for k in others], [labels[k] for k in others])
+        row: dict[str, Any] = {"slice": names[i]}
+        for key, model in (("within", within), ("across", across)):
+            # predict the whole slice (filters see the same context either way), score the right half
+            cm = confusion_matrix(model.predict(img)[:, right], truth, n)
+            total[key] += cm
+            row[key] = scores_from_confusion(cm, class_names)
+        rows.append(row)
+    rows.append({"slice": "pooled", **{k: scores_from_confusion(v, class_names) for k, v in total.items()}})
+    return rows
+
+
+def format_consistency_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
+    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, and the gap."""
+    head = ["slice", "mIoU within", "mIoU across", "gap", "acc within", "acc across",
+            *[f"IoU {c} within / across" for c in class_names]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        w, a = r["within"], r["across"]
+        cells = [r["slice"], f"{w['miou']:.3f}", f"{a['miou']:.3f}", f"{w['miou'] - a['miou']:+.3f}",
+                 f"{w['accuracy']:.3f}", f"{a['accuracy']:.3f}",
+                 *[f"{w['iou'][c]:.3f} / {a['iou'][c]:.3f}" for c in class_names]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
