@@ -31,7 +31,7 @@ def optimizers_from_config(
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer from partial configs (``_partial_: true``):
     Adam 1e-3 without an optimizer config, no scheduler without a scheduler config."""
-    opt = torch.optim.Adam(parameters, lr=1e-3) if optimizer is None else instantiate(optimizer)(params=parameters)
+    opt = torch.optim.Adam(parameters, lr=1e-3) if optimizer is None else instantiate(optimizer, _convert_="all")(params=parameters)
     if scheduler is None:
         return {"optimizer": opt}
     return {"optimizer": opt, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer=opt),
