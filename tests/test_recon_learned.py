@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,17 @@ def test_train_each_recon_model(tmp_path, model):
     ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
     assert ckpt["hyper_parameters"]["name"] == model
     assert ckpt["datamodule_hyper_parameters"]["n_angles"] == 16
+
+
+def test_lpd_trains_with_bf16_mixed_precision(tmp_path):
+    """`trainer.precision=bf16-mixed`: the convolutions run in bfloat16, the operators in float32."""
+    import train
+
+    cfg = compose("train", recon_overrides(tmp_path, "lpd", ["trainer.precision=bf16-mixed"]))
+    metrics = train.train(cfg)
+    assert math.isfinite(metrics["train/loss_epoch"]) and metrics["val/psnr"] > 5
+    ckpt = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
 # ------------------------------------------------------------------ quality
