@@ -148,6 +148,9 @@ def test_label_consistency_separates_consistent_from_slice_dependent_labels():
     rows_moved = label_consistency(images, moved, ["a", "b", "c"], make_segmenter=rf)
     gap = rows_moved[-1]["within"]["miou"] - rows_moved[-1]["across"]["miou"]
     assert gap > 0.1
+    # a per-slice threshold shift is exactly what the oracle bias can undo
+    assert rows_moved[-1]["oracle"]["miou"] > rows_moved[-1]["across"]["miou"] + 0.05
+    assert all(len(r["oracle_bias"]) == 3 for r in rows_moved[:-1])
     table = format_consistency_table(rows_moved, ["a", "b", "c"])
     assert table.count("\n") == 5 and "pooled" in table
     with pytest.raises(ValueError, match="same 2D shape"):

@@ -134,6 +134,18 @@ class RandomForestSegmenter:
         feats = filter_features(image, self.sigmas)
         return self.forest.predict(feats.reshape(-1, feats.shape[-1])).reshape(image.shape).astype(np.uint8)
 
+    @property
+    def classes(self) -> np.ndarray:
+        """Label values of the :meth:`predict_proba` columns (those seen in training)."""
+        return self.forest.classes_
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (H, W, K) of a normalised 2D image; column k is label ``classes[k]``."""
+        if image.ndim != 2:
+            raise ValueError(f"predict_proba expects a 2D image, got shape {image.shape}")
+        feats = filter_features(image, self.sigmas)
+        return self.forest.predict_proba(feats.reshape(-1, feats.shape[-1])).reshape(*image.shape, -1)
+
 
 class MultiOtsuSegmenter:
     """:func:`multi_otsu_segment` as a segmenter (unsupervised: ``fit`` does nothing)."""

@@ -8,9 +8,14 @@ features by default) is trained twice and scored on the same half of that slice:
   in a spatially separate region);
 * **across**: trained on all *other* slices (what a held-out-slice evaluation measures).
 
+* **oracle** (when the segmenter has ``predict_proba``): the "across" classifier with a
+  per-slice bias added to its log-probabilities, the bias chosen to fit *that slice's* labels.
+  No method can know this bias in advance; it bounds what a per-slice threshold shift could win.
+
 A large within − across gap means the labels follow rules that change from slice to slice
 (different thresholds, different judgement of CBD against pore): no model trained on other
-slices can close it, however good. A small gap with a low "within" means the phases are
+slices can close it, however good. If even the oracle stays near "across", the difference is
+not a simple threshold shift either. A small gap with a low "within" means the phases are
 not separable from the grey values at all.
 """
 
@@ -33,6 +38,39 @@ def _default_segmenter() -> Segmenter:
     from src.analysis.baselines import RandomForestSegmenter
 
     return RandomForestSegmenter()
+
+
+def _miou(pred: np.ndarray, truth: np.ndarray, n: int) -> float:
+    return float(scores_from_confusion(confusion_matrix(pred, truth, n), [str(k) for k in range(n)])["miou"])
+
+
+def oracle_bias(
+    log_proba: np.ndarray, classes: np.ndarray, truth: np.ndarray, n_classes: int,
+    grid: np.ndarray | None = None, sweeps: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The per-class bias on ``log_proba`` (..., K) that best fits ``truth`` (mIoU), and the labels.
+
+    Coordinate search: for each class but the first (whose bias stays 0), try every value of
+    ``grid`` (default -3 … 3 in 0.25 steps) and keep the best; ``sweeps`` passes. ``classes[k]``
+    is the label of column k. Returns ``(bias (K,), labels like truth)``.
+    """
+    grid = np.linspace(-3.0, 3.0, 25) if grid is None else np.asarray(grid, dtype=np.float64)
+    classes = np.asarray(classes)
+    bias = np.zeros(log_proba.shape[-1])
+
+    def labels(b: np.ndarray) -> np.ndarray:
+        return classes[np.argmax(log_proba + b, axis=-1)].astype(np.uint8)
+
+    best = _miou(labels(bias), truth, n_classes)
+    for _ in range(sweeps):
+        for k in range(1, bias.size):
+            for value in grid:
+                trial = bias.copy()
+                trial[k] = value
+                score = _miou(labels(trial), truth, n_classes)
+                if score > best:
+                    best, bias = score, trial
+    return bias, labels(bias)
 
 
 def _halves(shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -59,7 +97,8 @@ def label_consistency(
             labels, ``predict`` of a 2D image to labels).
 
     Returns:
-        One dict per slice, ``{"slice", "within": scores, "across": scores}`` where scores are
+        One dict per slice, ``{"slice", "within": scores, "across": scores}`` (and ``"oracle"``
+        when the segmenter has ``predict_proba``) where scores are
         :func:`~src.analysis.metrics.scores_from_confusion` on the right half of the slice, then
         a last row ``"pooled"`` with the confusion matrices of all slices summed.
     """
@@ -73,7 +112,7 @@ def label_consistency(
         if img.ndim != 2 or img.shape != lab.shape:
             raise ValueError(f"slice {name}: image {img.shape} and labels {lab.shape} must be the same 2D shape")
     rows: list[dict[str, Any]] = []
-    total = {"within": np.zeros((n, n), np.int64), "across": np.zeros((n, n), np.int64)}
+    total: dict[str, np.ndarray] = {}
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         left, right = _halves(img.shape)
         truth = np.asarray(lab)[:, right]
@@ -84,21 +123,31 @@ def label_consistency(
         for key, model in (("within", within), ("across", across)):
             # predict the whole slice (filters see the same context either way), score the right half
             cm = confusion_matrix(model.predict(img)[:, right], truth, n)
-            total[key] += cm
+            total[key] = total.get(key, 0) + cm
             row[key] = scores_from_confusion(cm, class_names)
+        if hasattr(across, "predict_proba"):
+            log_p = np.log(across.predict_proba(img)[:, right] + 1e-3)
+            bias, pred = oracle_bias(log_p, across.classes, truth, n)
+            cm = confusion_matrix(pred, truth, n)
+            total["oracle"] = total.get("oracle", 0) + cm
+            row["oracle"] = scores_from_confusion(cm, class_names)
+            row["oracle_bias"] = bias.tolist()
         rows.append(row)
     rows.append({"slice": "pooled", **{k: scores_from_confusion(v, class_names) for k, v in total.items()}})
     return rows
 
 
 def format_consistency_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
-    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, and the gap."""
-    head = ["slice", "mIoU within", "mIoU across", "gap", "acc within", "acc across",
-            *[f"IoU {c} within / across" for c in class_names]]
+    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, the gap, and
+    the oracle-bias mIoU when the rows have it."""
+    oracle = all("oracle" in r for r in rows)
+    head = ["slice", "mIoU within", "mIoU across", "gap", *(["mIoU oracle bias"] if oracle else []),
+            "acc within", "acc across", *[f"IoU {c} within / across" for c in class_names]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         w, a = r["within"], r["across"]
         cells = [r["slice"], f"{w['miou']:.3f}", f"{a['miou']:.3f}", f"{w['miou'] - a['miou']:+.3f}",
+                 *([f"{r['oracle']['miou']:.3f}"] if oracle else []),
                  f"{w['accuracy']:.3f}", f"{a['accuracy']:.3f}",
                  *[f"{w['iou'][c]:.3f} / {a['iou'][c]:.3f}" for c in class_names]]
         lines.append("| " + " | ".join(cells) + " |")
