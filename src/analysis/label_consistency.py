@@ -116,9 +116,10 @@ def label_consistency(
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         left, right = _halves(img.shape)
         truth = np.asarray(lab)[:, right]
-        within = make_segmenter().fit([img[:, left]], [np.asarray(lab)[:, left]])
+        within, across = make_segmenter(), make_segmenter()
+        within.fit([img[:, left]], [np.asarray(lab)[:, left]])
         others = [k for k in range(len(images)) if k != i]
-        across = make_segmenter().fit([images[k] for k in others], [labels[k] for k in others])
+        across.fit([images[k] for k in others], [labels[k] for k in others])
         row: dict[str, Any] = {"slice": names[i]}
         for key, model in (("within", within), ("across", across)):
             # predict the whole slice (filters see the same context either way), score the right half
