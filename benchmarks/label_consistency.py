@@ -19,7 +19,8 @@ import numpy as np
 
 from src.analysis.baselines import RandomForestSegmenter
 from src.analysis.label_consistency import format_consistency_table, label_consistency
-from src.data.io import natural_sort_key, read_image, write_text
+from src.data.io import natural_sort_key, write_text
+from src.data.sources import load_pair, pair_key
 from src.data.transforms import normalize_percentile
 from src.visualize import save_figure
 
@@ -56,13 +57,14 @@ def main() -> None:
     if len(label_files) < 2:
         raise SystemExit(f"{a.data_dir}: need at least two NAME.tif + NAME_label.tif pairs, found {len(label_files)}")
     names, images, labels = [], [], []
-    for lf in label_files:
-        img_file = lf.with_name(lf.name.replace("_label", ""))
+    for label_file in label_files:
+        img_file = label_file.with_name(label_file.name.replace("_label", ""))
         if not img_file.is_file():
-            raise SystemExit(f"{lf}: no image {img_file.name} beside it")
-        names.append(img_file.stem)
-        images.append(normalize_percentile(np.asarray(read_image(img_file), np.float32)))
-        labels.append(np.asarray(read_image(lf)).astype(np.uint8))
+            raise SystemExit(f"{label_file}: no image {img_file.name} beside it")
+        image, label = load_pair(img_file, label_file, len(a.classes))  # checks shapes and label values
+        names.append(pair_key(img_file))
+        images.append(normalize_percentile(np.asarray(image, np.float32)))
+        labels.append(label)
 
     start = time.perf_counter()
     rows = label_consistency(
