@@ -194,18 +194,18 @@ def speed(a: argparse.Namespace) -> None:
                            ("ours fp32", "ours", "fp32", comp), ("ours bf16", "ours", "bf16", comp)]
                 times: dict[str, list[dict]] = {m[0]: [] for m in methods}
                 for _ in range(a.repeats):
-                    for label, method, precision, comp in methods:
+                    for label, method, precision, compiled in methods:
                         res = run_worker(model=model, method=method, precision=precision, volume=volume,
-                                         labels_out=Path(tmp) / f"{model}_{side}_{method}_{precision}_{comp}.npy",
-                                         threads=a.threads, compile=comp, ckpt=ckpt)
+                                         labels_out=Path(tmp) / f"{model}_{side}_{method}_{precision}_{compiled}.npy",
+                                         threads=a.threads, compile=compiled, ckpt=ckpt)
                         times[label].append(res)
                         print(f"  {model} {side} {label}: {res['seconds']:.1f} s, {res['peak_rss_mb']:.0f} MB", flush=True)
                 peer = np.load(Path(tmp) / f"{model}_{side}_monai_fp32_false.npy")
                 peer_s = float(np.median([r["seconds"] for r in times[methods[0][0]]]))
-                for label, method, precision, comp in methods:
+                for label, method, precision, compiled in methods:
                     sec = float(np.median([r["seconds"] for r in times[label]]))
                     rss = float(np.median([r["peak_rss_mb"] for r in times[label]]))
-                    labels = np.load(Path(tmp) / f"{model}_{side}_{method}_{precision}_{comp}.npy")
+                    labels = np.load(Path(tmp) / f"{model}_{side}_{method}_{precision}_{compiled}.npy")
                     rows.append({"model": model, "size": side, "method": label, "seconds": sec,
                                  "mvox_s": n_vox / sec / 1e6, "peak_rss_mb": rss, "speedup": peer_s / sec,
                                  "agree": float((labels == peer).mean()), "kflop_per_voxel": fpv / 1e3,

@@ -193,8 +193,8 @@ def align_stack(
                     break
                 shifts[e] += step
                 aligned[e] = place(e, shifts[e])
-        if anchor == "mean":
+        if anchor == "mean":  # re-place every energy at its anchored shift
             shifts -= shifts.mean(0)
-        aligned = np.stack([place(e, shifts[e]) for e in range(stack.shape[0])])
+            aligned = np.stack([place(e, shifts[e]) for e in range(stack.shape[0])])
         ref = aligned.mean(0)
     return aligned, shifts

@@ -19,7 +19,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.analysis.xanes import EdgeRanges, edge_shape, half_jump_energy_fit, normalize_spectra
+from src.analysis.xanes import EdgeRanges, half_jump_energy_fit, normalize_spectra
+from src.analysis.xanes_maps import mask_edge_shape
 from src.config import to_plain
 from src.data.xanes_simulator import default_energies, reduced_energy_indices
 from src.models.segmentation_module import build_net, optimizers_from_config
@@ -28,22 +29,22 @@ __all__ = ["XanesModule", "fit_edge_energy"]
 
 
 def fit_edge_energy(
-    stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, smooth_points: int = 0,
-    mask: np.ndarray | None = None,
+    stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none): the
-    shared-shape normalisation (shape from the ``mask`` voxels, all when None) and the
-    local-cubic estimator of ``analyze_stack``'s defaults (``smooth_points`` is unused, kept
-    for old callers)."""
-    sample = stack if mask is None or not np.any(mask) else stack[:, np.asarray(mask, bool)]
-    n = normalize_spectra(energies, stack, ranges, edge_shape(energies, sample, ranges))
+    shared-shape normalisation (shape from the ``mask`` voxels, all when None or empty) and the
+    local-cubic estimator, as ``analyze_stack`` with its defaults (without its jump mask)."""
+    flat = stack.reshape(stack.shape[0], -1)
+    idx = np.flatnonzero(mask) if mask is not None and np.any(mask) else np.arange(flat.shape[1])
+    n = normalize_spectra(energies, stack, ranges, mask_edge_shape(energies, flat, idx, ranges))
     return half_jump_energy_fit(energies, np.nan_to_num(n.norm), ranges.absolute("edge"))
 
 
 class XanesModule(pl.LightningModule):
     """Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``);
     ``energies`` (eV) of the net's input channels (the full scan for the denoiser);
-    ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points`` of the fit;
+    ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points``: unused (the
+    edge estimator is the local cubic; accepted so that older checkpoints load);
     ``input_scale``: the data's stack divisor; ``nmc_weight`` / ``edge_weight``: weights of the
     denoiser's squared error on NMC voxels and on the energies of the edge window (others 1);
     optimizer/scheduler partial configs."""
