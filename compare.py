@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR, setup_config_env
 from src.data.io import write_text
-from src.run_comparison import (
+from src.training.run_comparison import (
     comparison_rows,
     load_runs,
     markdown_table,

@@ -25,12 +25,12 @@ from src.analysis.morphology import compute_statistics
 from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
 from src.data.io import write_json, write_text, write_tiff
+from src.data.io.figures import save_panel_png
 from src.data.sources import load_pair, pair_images_labels, pair_key
 from src.data.transforms import normalize_percentile
+from src.inference.sliding_window import SlidingWindowPredictor
 from src.inference.tiled import TiledPredictor
 from src.models.checkpoint import checkpoint_kind, load_segmentation_checkpoint
-from src.prediction import SlidingWindowPredictor
-from src.visualize import save_panel_png
 
 log = logging.getLogger("evaluate")
 
@@ -88,14 +88,14 @@ def evaluate(cfg: DictConfig) -> dict:
 def evaluate_reconstruction(cfg: DictConfig) -> dict:
     """FBP / SIRT / TV and the learned checkpoint(s) on the held-out slices of the checkpoint's
     data; prints the table and writes ``recon_metrics.csv``, ``.md`` and ``.json``."""
-    from src.data.sinograms import SinogramDataModule
-    from src.models.reconstruction_module import load_reconstruction_checkpoint
+    from src.models.reconstruction import load_reconstruction_checkpoint
     from src.recon.evaluation import (
         DISPLAY_NAMES,
         compare_on_held_out,
         format_recon_table,
         write_recon_table,
     )
+    from src.simulation.sinograms import SinogramDataModule
 
     paths = [Path(cfg.ckpt_path), *(Path(p) for p in cfg.compare_ckpts)]
     learned, data = {}, None

@@ -4,7 +4,7 @@
 The manifest and every volume are read and checked before anything is computed; the outputs
 (``evolution.csv``, ``evolution.json``, ``tests.csv``, ``units.json``, ``tracking.csv``,
 ``evolution.png``, ``distributions.png``) are written at the end, each atomically. See
-:mod:`src.analysis.evolution` for the method.
+:mod:`src.analysis.evolution_statistics` for the method.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.evolution import read_manifest, run_evolution, write_outputs
+from src.analysis.evolution_statistics import read_manifest, run_evolution, write_outputs
 from src.config import CONFIG_DIR, setup_config_env
 
 log = logging.getLogger("evolve")

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.config import CONFIG_DIR, setup_config_env
-from src.data.volumes import open_volume, output_kind, sample_range
+from src.data.io.volumes import open_volume, output_kind, sample_range
 from src.inference.volume_prediction import (
     PredictionResult,
     predict_volume,

@@ -111,9 +111,9 @@ def reconstruct_learned(
     training ``mu`` (attenuation per pixel of a unit value) and the output multiplied by it, so
     the volume is in attenuation per voxel like FBP's.
     """
-    from src.data.sinograms import attenuation_unit
-    from src.models.recon_nets import make_projector
-    from src.models.reconstruction_module import load_reconstruction_checkpoint
+    from src.models.nets.reconstruction import make_projector
+    from src.models.reconstruction import load_reconstruction_checkpoint
+    from src.simulation.sinograms import attenuation_unit
 
     dev = _device(device)
     module, data_hp = load_reconstruction_checkpoint(ckpt_path, map_location=dev)

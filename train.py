@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from src.config import CONFIG_DIR, setup_config_env
-from src.sweeps import ERROR_FILE, in_multirun
-from src.tracking import finish_wandb_run
+from src.training.sweeps import ERROR_FILE, in_multirun
+from src.training.tracking import finish_wandb_run
 
 log = logging.getLogger("train")
 

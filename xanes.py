@@ -52,9 +52,9 @@ def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str]
 def run_xanes(cfg: DictConfig) -> dict[str, Any]:
     """The whole command; returns the summary (also written as ``summary.json``)."""
     from src.analysis.particles import separate_particles
-    from src.analysis.xanes import load_spectrum
-    from src.analysis.xanes_maps import analyze_stack, particle_statistics, write_outputs
-    from src.data.xanes_io import align_stack, read_energies, read_spectral_stack
+    from src.data.io.spectra import align_stack, read_energies, read_spectral_stack
+    from src.xanes.edge import load_spectrum
+    from src.xanes.maps import analyze_stack, particle_statistics, write_outputs
 
     start = time.perf_counter()
     energies = read_energies(cfg.energies)

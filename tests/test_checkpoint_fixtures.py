@@ -29,7 +29,7 @@ def test_segmentation_checkpoint_of_88a8ff0_loads_and_predicts():
 
 def test_reconstruction_checkpoint_of_88a8ff0_loads_and_predicts():
     from src.models.checkpoint import checkpoint_kind
-    from src.models.reconstruction_module import load_reconstruction_checkpoint
+    from src.models.reconstruction import load_reconstruction_checkpoint
 
     exp = _expected()
     assert checkpoint_kind(FIXTURES / "reconstruction_fbpconvnet.ckpt") == "reconstruction"
@@ -41,7 +41,7 @@ def test_reconstruction_checkpoint_of_88a8ff0_loads_and_predicts():
 
 
 def test_xanes_checkpoint_of_88a8ff0_loads_and_predicts():
-    from src.models.xanes_module import XanesModule
+    from src.models.spectral import XanesModule
 
     exp = _expected()
     module = XanesModule.load_from_checkpoint(FIXTURES / "xanes_edge.ckpt", map_location="cpu").eval()

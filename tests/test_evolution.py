@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.analysis.evolution import (
+from src.analysis.evolution_statistics import (
     analyse_state,
     block_slices,
     bootstrap_intervals,
@@ -27,9 +27,9 @@ from src.analysis.registration import (
     register_series,
     track_particles,
 )
-from src.data.evolution import EvolutionConfig, write_evolution_series
 from src.data.io import write_tiff
-from src.data.synthetic import MicrostructureConfig, generate_microstructure
+from src.simulation.evolution_series import EvolutionConfig, write_evolution_series
+from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
 from tests.conftest import blob_labels, compose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import yaml
 
-from src.data.evolution import (
+from src.data.io import read_image
+from src.simulation.evolution_series import (
     EvolutionConfig,
     cbd_coverage,
     main,
     simulate_evolution,
     write_evolution_series,
 )
-from src.data.io import read_image
-from src.data.synthetic import MicrostructureConfig
+from src.simulation.microstructure import MicrostructureConfig
 
 MICRO = MicrostructureConfig(shape=(64, 64, 64), voxel_size_nm=80.0)
 EVO = EvolutionConfig(states=3, shrink_percent=3.0, crack_growth_percent=1.0, detach_percent=15.0)
@@ -117,7 +117,7 @@ def test_write_series_cli_and_manifests(tmp_path):
 
 
 def test_write_series_with_imaging(tmp_path):
-    from src.data.imaging import ImagingConfig
+    from src.simulation.imaging import ImagingConfig
 
     micro = MicrostructureConfig(shape=(16, 24, 24), voxel_size_nm=80.0)
     manifest = write_evolution_series(tmp_path, micro, EvolutionConfig(states=2), seed=0,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from src.models.lrcsnet import LRCSNet
-from src.models.unet import UNet
+from src.models.nets.lrcsnet import LRCSNet
+from src.models.nets.unet import UNet
 
 
 def _n_params(model: nn.Module) -> int:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from src.models.lrcsnet import LRCSNet
-from src.prediction import SlidingWindowPredictor
+from src.inference.sliding_window import SlidingWindowPredictor
+from src.models.nets.lrcsnet import LRCSNet
 
 
 class PointwiseNet(nn.Module):

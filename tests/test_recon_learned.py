@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.sinograms import (
-    SinogramDataModule,
-    disk_mask,
-    electrode_slices,
-    random_ellipses,
-    simulate_sinograms,
-)
-from src.models.recon_nets import (
+from src.models.nets.reconstruction import (
     FBPConvNet,
     LearnedGradientDescent,
     LearnedPrimalDual,
     make_projector,
 )
 from src.recon.evaluation import compare_methods, format_recon_table, psnr, rel_error, ssim
+from src.simulation.sinograms import (
+    SinogramDataModule,
+    disk_mask,
+    electrode_slices,
+    random_ellipses,
+    simulate_sinograms,
+)
 from tests.conftest import compose
 
 SIZE, ANGLES = 32, 12
@@ -200,10 +200,10 @@ def test_recon_configs_compose():
     for name in ("model_checkpoint", "early_stopping"):
         assert cfg.callbacks[name].monitor == "val/psnr" and cfg.callbacks[name].mode == "max"
     assert cfg.callbacks.image_panel is None
-    assert cfg.callbacks.recon_panel._target_ == "src.recon_callbacks.ReconstructionPanelLogger"
+    assert cfg.callbacks.recon_panel._target_ == "src.training.recon_panels.ReconstructionPanelLogger"
     assert cfg.model.net.n_angles == 60 and cfg.data.photons == 1e4
-    assert cfg.model.net._target_ == "src.models.recon_nets.LearnedPrimalDual"
-    assert cfg.model._target_ == "src.models.reconstruction_module.ReconstructionModule"
+    assert cfg.model.net._target_ == "src.models.nets.reconstruction.LearnedPrimalDual"
+    assert cfg.model._target_ == "src.models.reconstruction.ReconstructionModule"
     exp = compose("train", ["experiment=recon_lpd"])
     assert exp.model.name == "lpd" and exp.callbacks.model_checkpoint.monitor == "val/psnr"
     seg = compose("train", ["model=unet"])  # segmentation keeps its metric and panel

@@ -82,7 +82,7 @@ def test_mixed_precision_runs_the_operator_in_float32() -> None:
     back.sum().backward()
     assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
     # a reconstruction net trains under autocast: LPD forward + backward
-    from src.models.recon_nets import LearnedPrimalDual
+    from src.models.nets.reconstruction import LearnedPrimalDual
 
     net = LearnedPrimalDual(None, 24, 30, n_iter=2, width=8)
     with torch.autocast("cpu", dtype=torch.bfloat16):

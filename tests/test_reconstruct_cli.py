@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from src.data.io import ImageReadError, read_image, write_tiff
-from src.data.sinograms import attenuation_unit, random_ellipses
 from src.recon.operators import project
+from src.simulation.sinograms import attenuation_unit, random_ellipses
 from tests.conftest import compose
 from tests.test_recon_learned import recon_overrides
 
@@ -118,7 +118,7 @@ def test_bad_inputs(scan, tmp_path):
         run([f"input={tmp_path / 't.npy'}", f"theta={tmp_path / 'theta16.txt'}", "theta_unit=deg", out])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run([f"input={scan['line']}", "algorithm=learned", f"ckpt_path={tmp_path / 'no.ckpt'}", out])
-    torch.save({"state_dict": {}, "hyper_parameters": {"net": {"_target_": "src.models.unet.UNet"}}},
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {"_target_": "src.models.nets.unet.UNet"}}},
                tmp_path / "seg.ckpt")
     with pytest.raises(ValueError, match="not a learned-reconstruction checkpoint"):
         run([f"input={scan['line']}", "algorithm=learned", f"ckpt_path={tmp_path / 'seg.ckpt'}", out])

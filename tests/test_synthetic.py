@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from src.data.imaging import ImagingConfig, simulate_tomography
-from src.data.synthetic import (
+from src.simulation.electrode_volumes import main, make_synthetic_volume
+from src.simulation.imaging import ImagingConfig, simulate_tomography
+from src.simulation.microstructure import (
     PHASES,
     MicrostructureConfig,
     generate_microstructure,
     phase_fractions,
 )
-from src.data.synthetic_volumes import main, make_synthetic_volume
 
 SMALL = MicrostructureConfig(shape=(48, 64, 64), voxel_size_nm=60.0)
 FAST_IMAGING = ImagingConfig(n_angles=61)

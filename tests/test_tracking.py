@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.tracking import resolve_wandb_mode, wandb_credentials_available
+from src.training.tracking import resolve_wandb_mode, wandb_credentials_available
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_env_and_config_modes(no_credentials, monkeypatch):
 
 
 def test_wandb_run_id_and_resume_dir(tmp_path):
-    from src.tracking import run_dir_of_checkpoint, wandb_run_id_in
+    from src.training.tracking import run_dir_of_checkpoint, wandb_run_id_in
 
     assert wandb_run_id_in(tmp_path) is None
     for name in ["offline-run-20260101_100000-aaaa1111", "offline-run-20260102_090000-bbbb2222", "debug.log"]:
@@ -53,7 +53,7 @@ def test_wandb_run_id_and_resume_dir(tmp_path):
 def test_sweep_run_identity():
     from omegaconf import OmegaConf
 
-    from src.tracking import sweep_run_identity
+    from src.training.tracking import sweep_run_identity
 
     assert sweep_run_identity("lrcsnet", "train", ["a"], None) == ("lrcsnet", "train", ["a"])
     hydra_cfg = OmegaConf.create({
@@ -96,7 +96,7 @@ def test_resumed_training_continues_the_wandb_run_with_checkpoint_artifact(tiny_
 def test_orthogonal_slices_of_3d_patches():
     import numpy as np
 
-    from src.callbacks import orthogonal_slices
+    from src.training.callbacks import orthogonal_slices
 
     batch = np.arange(2 * 4 * 6 * 8).reshape(2, 4, 6, 8)
     planes = orthogonal_slices(batch)
@@ -108,7 +108,7 @@ def test_orthogonal_slices_of_3d_patches():
 
 def test_restart_in_same_run_folder_continues_wandb_run(tmp_path, monkeypatch):
     """A requeued job (same folder, no ckpt_path: Lightning resumes hpc_ckpt) keeps its W&B run."""
-    from src.tracking import make_wandb_logger
+    from src.training.tracking import make_wandb_logger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     fresh = make_wandb_logger(save_dir=tmp_path / "new")

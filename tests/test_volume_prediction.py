@@ -17,14 +17,14 @@ import torch
 import zarr
 
 from src.data.io import ImageReadError, write_tiff
-from src.data.volumes import open_volume, sample_range
+from src.data.io.volumes import open_volume, sample_range
 from src.inference.fusion import fold_batch_norm
 from src.inference.receptive_field import receptive_radius
 from src.inference.tiled import TiledPredictor
 from src.inference.volume_prediction import predict_volume, progress_dir
-from src.models.lrcsnet import LRCSNet
-from src.models.segmentation_module import SegmentationModule
-from src.models.unet import UNet
+from src.models.nets.lrcsnet import LRCSNet
+from src.models.nets.unet import UNet
+from src.models.segmentation import SegmentationModule
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def test_resume_skips_done_chunks_and_refuses_other_settings(tmp_path):
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) LRCS-Net checkpoint as train.py writes it."""
     torch.manual_seed(0)
-    net = {"_target_": "src.models.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 8}
+    net = {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 8}
     module = SegmentationModule(net=net, class_names=CLASSES, name="lrcsnet")
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.analysis.xanes import (
+from src.xanes.edge import (
     EdgeRanges,
     edge_shape,
     half_jump_energy,
@@ -18,7 +18,7 @@ from src.analysis.xanes import (
     steepest_slope_energy,
     white_line_energy,
 )
-from src.analysis.xanes_reference import analyze_spectrum_loop
+from src.xanes.reference_loop import analyze_spectrum_loop
 from tests.conftest import shared_data
 
 #: pre-edge line 8200-8320 eV, post-edge quadratic 8400-9000 eV (the references' full range)
@@ -113,7 +113,7 @@ def test_vectorised_equals_scipy_loop():
     frac = rng.uniform(0, 1, 200)
     spectra = 0.3 + basis @ np.stack([1 - frac, frac]) + rng.normal(0, 0.01, (energies.size, 200))
     n = normalize_spectra(energies, spectra, r)
-    from src.analysis.xanes import smooth_spectra
+    from src.xanes.edge import smooth_spectra
 
     smooth = smooth_spectra(energies, n.norm, 7)
     edge = half_jump_energy(energies, smooth, r.absolute("edge"))

@@ -15,10 +15,10 @@ import pytest
 import tifffile
 
 from src.config import PROJECT_ROOT
-from src.data.imaging import ImagingConfig
 from src.data.io import write_tiff
-from src.data.synthetic import MicrostructureConfig
-from src.data.xanes_simulator import XanesSimConfig, make_xanes_sample, write_xanes_sample
+from src.simulation.imaging import ImagingConfig
+from src.simulation.microstructure import MicrostructureConfig
+from src.simulation.xanes_scan import XanesSimConfig, make_xanes_sample, write_xanes_sample
 from tests.conftest import compose, shared_data
 
 
@@ -103,7 +103,7 @@ def _train_overrides(out: Path, experiment: str) -> list[str]:
 def test_train_xanes_nets(tmp_path, experiment):
     import torch
 
-    from src.models.xanes_module import XanesModule
+    from src.models.spectral import XanesModule
     from train import train
 
     cfg = compose("train", _train_overrides(tmp_path, experiment))

@@ -8,11 +8,10 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from src.analysis.xanes_maps import XanesAnalysisConfig, analyze_stack
-from src.data.imaging import ImagingConfig
-from src.data.synthetic import MicrostructureConfig
-from src.data.xanes_io import XanesInputError, align_stack, read_energies, read_spectral_stack
-from src.data.xanes_simulator import (
+from src.data.io.spectra import XanesInputError, align_stack, read_energies, read_spectral_stack
+from src.simulation.imaging import ImagingConfig
+from src.simulation.microstructure import MicrostructureConfig
+from src.simulation.xanes_scan import (
     SIMULATION_RANGES,
     XanesSimConfig,
     default_energies,
@@ -21,6 +20,7 @@ from src.data.xanes_simulator import (
     reduced_energy_indices,
     write_xanes_sample,
 )
+from src.xanes.maps import XanesAnalysisConfig, analyze_stack
 from tests.conftest import shared_data
 
 SHAPE = (16, 40, 40)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.models.xanes_module import XanesModule
-from src.models.xanes_nets import SpectralSpatialDenoiser
+from src.models.nets.spectral import SpectralSpatialDenoiser
+from src.models.spectral import XanesModule
 
 
 def test_spectral_basis_is_the_pca_projection_and_removes_noise():
@@ -36,7 +36,7 @@ def test_spectral_basis_is_the_pca_projection_and_removes_noise():
 def test_denoiser_loss_weights_nmc_voxels_and_edge_energies():
     energies = np.round(np.concatenate([np.arange(8290.0, 8331.0, 10.0), 8334 + 0.6 * np.arange(51),
                                         [8375.0, 8400.0, 8425.0, 8450.0]]), 3)
-    net = {"_target_": "src.models.xanes_nets.SpectralSpatialDenoiser", "components": 3, "width": 4}
+    net = {"_target_": "src.models.nets.spectral.SpectralSpatialDenoiser", "components": 3, "width": 4}
     ranges = {"e0": 8346.0, "pre": [-60.0, -14.0], "post": [25.0, 105.0]}
     plain = XanesModule(net, task="denoise", scan_energies=energies.tolist(), ranges=ranges)
     weighted = XanesModule(net, task="denoise", scan_energies=energies.tolist(), ranges=ranges,

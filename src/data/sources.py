@@ -73,7 +73,7 @@ class SyntheticVolumeSet:
     Files ``{split}_s{seed}_image.tif`` / ``_label.tif`` / ``.json`` appear in ``out_dir`` for
     every seed of ``train_seeds`` (split ``train``) and ``test_seeds`` (split ``test``).
     ``microstructure`` and ``imaging`` override fields of
-    :class:`~src.data.synthetic.MicrostructureConfig` and :class:`~src.data.imaging.ImagingConfig`.
+    :class:`~src.simulation.microstructure.MicrostructureConfig` and :class:`~src.simulation.imaging.ImagingConfig`.
     """
 
     out_dir: str | Path
@@ -86,10 +86,10 @@ class SyntheticVolumeSet:
 
     def __call__(self) -> list[dict]:
         """Generate whatever is missing; return the paths of every volume (dicts from
-        :func:`~src.data.synthetic_volumes.make_synthetic_volume`)."""
-        from src.data.imaging import ImagingConfig
-        from src.data.synthetic import MicrostructureConfig
-        from src.data.synthetic_volumes import make_synthetic_volume
+        :func:`~src.simulation.electrode_volumes.make_synthetic_volume`)."""
+        from src.simulation.imaging import ImagingConfig
+        from src.simulation.microstructure import MicrostructureConfig
+        from src.simulation.electrode_volumes import make_synthetic_volume
 
         micro = MicrostructureConfig(shape=tuple(int(s) for s in self.shape), **dict(self.microstructure))
         imaging = ImagingConfig(**dict(self.imaging))

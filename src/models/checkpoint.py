@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from src.models.segmentation_module import SegmentationModule
+from src.models.segmentation import SegmentationModule, current_target
 
 
 class CheckpointError(ValueError):
@@ -75,7 +75,7 @@ def checkpoint_kind(path: str | Path) -> str:
     hparams = read_checkpoint(path).get("hyper_parameters", {})
     net = hparams.get("net") if isinstance(hparams, dict) else None
     target = net.get("_target_", "") if isinstance(net, dict) else ""
-    if target.startswith("src.models.recon_nets."):
+    if current_target(target).startswith("src.models.nets.reconstruction."):
         return "reconstruction"
     if "class_names" in hparams:
         return "segmentation"

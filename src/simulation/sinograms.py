@@ -4,8 +4,8 @@ Ground truths are 2D slices ``(H, W)`` in *relative attenuation* (NMC = 1 for el
 ellipse values in [0, 1]), zero outside the disk inscribed in the slice (the field of view of a
 detector as wide as the slice):
 
-* synthetic electrode slices: :func:`~src.data.synthetic.generate_microstructure` label volumes,
-  attenuation per phase from :class:`~src.data.imaging.ImagingConfig` scaled so that the largest
+* synthetic electrode slices: :func:`~src.simulation.microstructure.generate_microstructure` label volumes,
+  attenuation per phase from :class:`~src.simulation.imaging.ImagingConfig` scaled so that the largest
   is 1, slices taken along z, y and x;
 * random ellipse phantoms (Adler & Oektem's training data): sums of random ellipses, clipped to
   [0, 1].
@@ -32,10 +32,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from src.config import to_plain
-from src.data.imaging import ImagingConfig
-from src.data.synthetic import MicrostructureConfig, generate_microstructure
 from src.recon.fbp import fbp
 from src.recon.operators import ParallelBeamProjector
+from src.simulation.imaging import ImagingConfig
+from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
 
 __all__ = [
     "SinogramDataModule",
@@ -106,7 +106,7 @@ def electrode_slices(
 
     Volumes ``(size, size, size)`` from seeds ``seed, seed + 1, ...`` are cut along z, y and x;
     the slices are shuffled (seeded) and masked to the inscribed disk. ``attenuation`` per phase
-    (NMC, CBD, pore) defaults to :class:`~src.data.imaging.ImagingConfig`'s, scaled to max 1.
+    (NMC, CBD, pore) defaults to :class:`~src.simulation.imaging.ImagingConfig`'s, scaled to max 1.
     """
     if n <= 0:
         return torch.zeros(0, size, size)
@@ -178,7 +178,7 @@ class SinogramDataModule(pl.LightningDataModule):
         ellipse_fraction: share of ellipse phantoms in training (the rest electrode slices).
         val_ellipse_fraction: the same for the held-out set (None: as training).
         max_ellipses: ellipses per phantom at most.
-        microstructure: :class:`~src.data.synthetic.MicrostructureConfig` fields (not shape).
+        microstructure: :class:`~src.simulation.microstructure.MicrostructureConfig` fields (not shape).
         attenuation: per-phase attenuation (NMC, CBD, pore), relative; default ImagingConfig's.
         batch_size, num_workers: loaders.
         seed: every random draw (phantoms, volumes, noise) derives from it.

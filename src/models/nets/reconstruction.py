@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from src.models.unet import UNet
+from src.models.nets.unet import UNet
 from src.recon.fbp import FILTERS, fbp
 from src.recon.iterative import operator_norm
 from src.recon.operators import ParallelBeamProjector
@@ -294,7 +294,7 @@ class FBPConvNet(ReconNet):
 
     Args:
         projector / image_size, n_angles, n_det, center: the geometry (see :class:`ReconNet`).
-        base_filters, depth, norm: the U-Net (:class:`~src.models.unet.UNet`); ``H`` and ``W``
+        base_filters, depth, norm: the U-Net (:class:`~src.models.nets.unet.UNet`); ``H`` and ``W``
             must be multiples of ``2**depth``.
         filter_name: FBP filter.
     """

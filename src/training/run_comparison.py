@@ -290,7 +290,7 @@ def plot_curves(runs: Sequence[Run], metrics: Sequence[str], path: str | Path, x
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from src.visualize import save_figure
+    from src.data.io.figures import save_figure
 
     if x_axis not in ("epoch", "step"):
         raise ValueError(f"x_axis must be epoch or step, got {x_axis!r}")

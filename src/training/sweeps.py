@@ -20,7 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.run_comparison import (
+from src.training.run_comparison import (
     ERROR_FILE,
     format_setting,
     markdown_table,

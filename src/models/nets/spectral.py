@@ -8,7 +8,7 @@
   maps in between (neighbouring voxels); light, so it trains in CPU minutes;
 * :class:`EdgeEnergyNet`: ``(B, E_in, H, W) → (B, 1, H, W)`` edge energy in eV, a U-Net whose
   output is ``centre_eV + scale_eV * u`` so that the net works with numbers near 0.
-Both are :class:`~src.models.unet.UNet` inside (``base_filters``, ``depth``, ``norm``).
+Both are :class:`~src.models.nets.unet.UNet` inside (``base_filters``, ``depth``, ``norm``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.models.unet import UNet
+from src.models.nets.unet import UNet
 
 __all__ = ["EdgeEnergyNet", "SpectralDenoiser", "SpectralSpatialDenoiser"]
 

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.visualize import panel_rgb, save_panel_png
+from src.data.io.figures import panel_rgb, save_panel_png
 
 
 def orthogonal_slices(batch: np.ndarray) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """Chemical-state maps of a spectral stack, per-particle statistics and their files.
 
-:func:`analyze_stack` runs the edge analysis of :mod:`src.analysis.xanes` on every voxel of a
+:func:`analyze_stack` runs the edge analysis of :mod:`src.xanes.edge` on every voxel of a
 stack ``(E, z, y, x)`` or ``(E, y, x)`` (restricted to a mask, e.g. the NMC phase of a
 segmentation), in chunks of voxels, each chunk fully vectorised. Maps (float32, NaN outside
 the mask or where the edge jump is too small):
@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from src.analysis.xanes import (
+from src.data.io import to_jsonable, write_json, write_tiff
+from src.xanes.edge import (
     EdgeRanges,
     EdgeShape,
     edge_shape,
@@ -46,7 +47,6 @@ from src.analysis.xanes import (
     white_line_energy,
     window_rows,
 )
-from src.data.io import to_jsonable, write_json, write_tiff
 
 __all__ = ["XanesAnalysisConfig", "analyze_stack", "mask_edge_shape", "particle_statistics", "write_outputs"]
 
@@ -61,11 +61,11 @@ class XanesAnalysisConfig:
     """Settings of the per-voxel analysis.
 
     ``shared_shape``: normalise with the pre-edge slope and post-edge shape of the mean spectrum
-    of the mask (:func:`~src.analysis.xanes.edge_shape`; one fitted parameter per line, less
+    of the mask (:func:`~src.xanes.edge.edge_shape`; one fitted parameter per line, less
     noise) instead of per-voxel lines; ``edge_method``: ``"fit"`` (local cubic,
-    :func:`~src.analysis.xanes.half_jump_energy_fit`, with ``fit_half_width`` / ``fit_degree`` /
+    :func:`~src.xanes.edge.half_jump_energy_fit`, with ``fit_half_width`` / ``fit_degree`` /
     ``coarse_smooth`` in eV) or ``"crossing"`` (first crossing after smoothing,
-    :func:`~src.analysis.xanes.half_jump_energy`); ``smooth_points``: Savitzky–Golay window
+    :func:`~src.xanes.edge.half_jump_energy`); ``smooth_points``: Savitzky–Golay window
     (samples) along energy before the crossing and the slope search (0 = off); ``min_jump``:
     absolute minimum edge jump; ``min_jump_snr``: minimum jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
     ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
@@ -293,7 +293,7 @@ def _figures(out: Path, maps: dict[str, np.ndarray], rows: list[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from src.visualize import save_figure
+    from src.data.io.figures import save_figure
 
     names = [k for k in ("edge_energy", "edge_energy_lcf", "white_line", "soc") if k in maps]
     mid = (lambda a: a[a.shape[0] // 2]) if mask.ndim == 3 else (lambda a: a)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.visualize import hstack_tiles, save_figure
+from src.data.io.figures import hstack_tiles, save_figure
 
 __all__ = ["ReconstructionPanelLogger", "recon_panel_rgb", "save_recon_panel_png"]
 

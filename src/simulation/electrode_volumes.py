@@ -5,26 +5,23 @@ Each volume ``<name>`` is written as ``<name>_image.tif`` (float32), ``<name>_la
 software version, generation time). A call whose parameters match an existing JSON (and whose
 TIFFs exist) returns the cached paths without regenerating.
 
-CLI: ``python -m src.data.synthetic_volumes --out data/synthetic --seeds 0 1 2 --shape 128 128 128``
+CLI: ``python -m src.simulation.electrode_volumes --out data/synthetic --seeds 0 1 2 --shape 128 128 128``
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import time
-import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from src.data.imaging import ImagingConfig, simulate_tomography
 from src.data.io import to_jsonable, write_json, write_tiff
-from src.data.synthetic import (
+from src.simulation.imaging import ImagingConfig, simulate_tomography
+from src.simulation.microstructure import (
     PHASES,
     MicrostructureConfig,
     generate_microstructure,

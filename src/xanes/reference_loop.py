@@ -3,7 +3,7 @@
 The straightforward way most scripts do it — ``np.polyfit`` for the pre/post-edge lines (or
 ``np.linalg.lstsq`` of the level and the jump with a shared :class:`EdgeShape`),
 ``scipy.signal.savgol_filter``, an interpolated crossing refined by ``np.polyfit`` of a local cubic
-and Newton's method, ``scipy.optimize.nnls`` for the linear combination. It is the *peer* of :func:`src.analysis.xanes_maps.analyze_stack` in
+and Newton's method, ``scipy.optimize.nnls`` for the linear combination. It is the *peer* of :func:`src.xanes.maps.analyze_stack` in
 ``benchmarks/xanes.py`` (speed) and its cross-check in the tests (same numbers).
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import nnls
 from scipy.signal import savgol_filter
 
-from src.analysis.xanes import EdgeRanges, EdgeShape
+from src.xanes.edge import EdgeRanges, EdgeShape
 
 __all__ = ["analyze_spectrum_loop"]
 

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from src.config import to_plain
-from src.models.recon_nets import ReconNet
-from src.models.segmentation_module import build_net, optimizers_from_config
+from src.models.nets.reconstruction import ReconNet
+from src.models.segmentation import build_net, current_target, optimizers_from_config
 from src.recon.evaluation import recon_metrics
 from src.recon.fbp import FILTERS
 
@@ -30,7 +30,7 @@ class ReconstructionModule(pl.LightningModule):
     [0, 1] in relative attenuation, so 1).
 
     Args:
-        net: network config (``_target_`` + arguments) or a :class:`~src.models.recon_nets.ReconNet`;
+        net: network config (``_target_`` + arguments) or a :class:`~src.models.nets.reconstruction.ReconNet`;
             input ``(B, 1, A, n_det)``, output ``(B, 1, H, W)``. Stored as config in the
             checkpoint, so ``ReconstructionModule.load_from_checkpoint(path)`` rebuilds it.
         loss: loss config (default ``torch.nn.MSELoss``).
@@ -65,7 +65,7 @@ class ReconstructionModule(pl.LightningModule):
             raise ValueError(f"unknown fbp_filter {fbp_filter!r}; choose one of {FILTERS}")
         self.net = build_net(net)
         if not isinstance(self.net, ReconNet):
-            raise TypeError(f"model.net must build a src.models.recon_nets.ReconNet, got "
+            raise TypeError(f"model.net must build a src.models.nets.reconstruction.ReconNet, got "
                             f"{type(self.net).__name__}")
         self.loss_fn = instantiate(loss) if loss is not None else nn.MSELoss()
         self.data_range = float(data_range)
@@ -127,7 +127,7 @@ def load_reconstruction_checkpoint(
     hparams = ckpt.get("hyper_parameters", {})
     net_cfg = hparams.get("net")
     target = net_cfg.get("_target_", "") if isinstance(net_cfg, dict) else ""
-    if "state_dict" not in ckpt or not target.startswith("src.models.recon_nets."):
+    if "state_dict" not in ckpt or not current_target(target).startswith("src.models.nets.reconstruction."):
         raise ValueError(f"checkpoint {path} is not a learned-reconstruction checkpoint of this "
                          f"project (model.net._target_ = {target or '?'})")
     keys = ("net", "loss", "optimizer", "scheduler", "scheduler_interval", "gradient_clip_norm",

@@ -3,7 +3,7 @@ stacks (:class:`~src.data.xanes_datamodule.XanesDataModule`).
 
 ``task="denoise"``: MSE between the denoised and the noiseless stack; ``task="edge"``: MSE of the
 edge energy on NMC voxels. Both log ``val/edge_rmse`` (eV, NMC voxels with a valid fit, against
-the ground truth): for the denoiser the per-voxel edge analysis (:mod:`src.analysis.xanes`) runs
+the ground truth): for the denoiser the per-voxel edge analysis (:mod:`src.xanes.edge`) runs
 on the denoised stack, and ``val/edge_rmse_fit`` gives the same analysis on the noisy input (the
 baseline); for the edge net ``val/edge_rmse_fit`` is the per-voxel fit of the same reduced
 input.
@@ -19,11 +19,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.analysis.xanes import EdgeRanges, half_jump_energy_fit, normalize_spectra
-from src.analysis.xanes_maps import mask_edge_shape
 from src.config import to_plain
-from src.data.xanes_simulator import default_energies, reduced_energy_indices
-from src.models.segmentation_module import build_net, optimizers_from_config
+from src.models.segmentation import build_net, optimizers_from_config
+from src.simulation.xanes_scan import default_energies, reduced_energy_indices
+from src.xanes.edge import EdgeRanges, half_jump_energy_fit, normalize_spectra
+from src.xanes.maps import mask_edge_shape
 
 __all__ = ["XanesModule", "fit_edge_energy"]
 

@@ -16,6 +16,23 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from src.analysis.metrics import scores_from_confusion
 from src.config import to_plain
 
+# where the network classes lived before the layout of issue 14: checkpoints store the
+# ``_target_`` of their net, so the ones saved before still build
+MOVED_TARGETS = {
+    "src.models.lrcsnet.": "src.models.nets.lrcsnet.",
+    "src.models.unet.": "src.models.nets.unet.",
+    "src.models.recon_nets.": "src.models.nets.reconstruction.",
+    "src.models.xanes_nets.": "src.models.nets.spectral.",
+}
+
+
+def current_target(target: str) -> str:
+    """``target`` (a dotted class path) with a moved module's old path replaced by its new one."""
+    for old, new in MOVED_TARGETS.items():
+        if target.startswith(old):
+            return new + target[len(old):]
+    return target
+
 
 def build_net(net: Mapping | nn.Module) -> nn.Module:
     """An ``nn.Module`` from a config with ``_target_`` (or the module itself)."""
@@ -23,7 +40,7 @@ def build_net(net: Mapping | nn.Module) -> nn.Module:
         return net
     if "_target_" not in net:
         raise ValueError(f"model.net needs a _target_ naming the network class, got keys {list(net)}")
-    return instantiate(net)
+    return instantiate({**net, "_target_": current_target(net["_target_"])})
 
 
 def optimizers_from_config(

@@ -58,7 +58,7 @@ from src.analysis.statistics_table import (
     write_csv_atomic,
 )
 from src.data.io import write_json
-from src.visualize import save_figure
+from src.data.io.figures import save_figure
 
 __all__ = ["ManifestEntry", "StateAnalysis", "analyse_state", "block_slices", "bootstrap_intervals",
            "compare_states", "particle_summary", "read_manifest", "run_evolution",

@@ -1,6 +1,6 @@
 """XANES spectro-tomography of the synthetic electrode: a Ni K-edge scan, imaged per energy.
 
-Ground truth: a label volume from :func:`~src.data.synthetic.generate_microstructure`, its NMC
+Ground truth: a label volume from :func:`~src.simulation.microstructure.generate_microstructure`, its NMC
 particles separated (:func:`~src.analysis.particles.separate_particles`), a state of charge
 per voxel ``soc`` in [0, 1]: one value per particle (``soc_mean ± particle_soc_spread``,
 uniform) plus a core–shell gradient (``core_shell`` = shell minus core; charging starts at the
@@ -21,10 +21,10 @@ projections, measured with Poisson noise at ``photons`` per pixel (and detector 
 random sub-voxel drift (the sample moves between energies).
 
 The true edge energy of each voxel is the half-jump energy (the definition used by
-:mod:`src.analysis.xanes`) of its noiseless spectrum, normalised with the pre/post-edge ranges
+:mod:`src.xanes.edge`) of its noiseless spectrum, normalised with the pre/post-edge ranges
 of the analysis at the scan energies and located on a 0.05 eV grid.
 
-CLI: ``python -m src.data.xanes_simulator --out data/xanes_sim --shape 64 64 64 --seed 0``
+CLI: ``python -m src.simulation.xanes_scan --out data/xanes_sim --shape 64 64 64 --seed 0``
 writes ``stack.tif`` (E, z, y, x), ``energies.txt``, ``labels.tif``, ``particles.tif``,
 ``soc.tif``, ``edge_energy.tif`` (NaN outside NMC), ``shifts.txt``, the two shifted end-members
 ``end_member_discharged.txt`` / ``end_member_charged.txt`` and ``xanes_sim.json``.
@@ -43,8 +43,9 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from src.analysis.xanes import EdgeRanges, half_jump_energy, load_spectrum, normalize_spectra
-from src.data.imaging import (
+from src.data.io import to_jsonable, write_json, write_text, write_tiff
+from src.recon.fbp import fbp
+from src.simulation.imaging import (
     ImagingConfig,
     _pad_for_cylinder,
     _projector,
@@ -52,9 +53,8 @@ from src.data.imaging import (
     embed_in_cylinder,
     measure_line_integrals,
 )
-from src.data.io import to_jsonable, write_json, write_text, write_tiff
-from src.data.synthetic import PHASES, MicrostructureConfig, generate_microstructure
-from src.recon.fbp import fbp
+from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
+from src.xanes.edge import EdgeRanges, half_jump_energy, load_spectrum, normalize_spectra
 
 __all__ = [
     "DEFAULT_REFERENCE_DIR",

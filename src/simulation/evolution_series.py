@@ -1,6 +1,6 @@
 """Evolution series of one synthetic electrode: the same particles at several states of charge.
 
-State 0 is a synthetic microstructure (:func:`~src.data.synthetic.generate_microstructure`,
+State 0 is a synthetic microstructure (:func:`~src.simulation.microstructure.generate_microstructure`,
 0 = NMC, 1 = CBD, 2 = pore) generated with a margin around the saved field of view, so that
 particles cut by the faces keep their full shape. Its NMC particles are separated once
 (:func:`~src.analysis.particles.separate_particles`, no closing: hull = NMC with its enclosed
@@ -26,12 +26,12 @@ cracks filled); these are the simulator's particles, with ids kept through the s
   ``+shift_vox``.
 
 Each state is written as ``state_KK_label.tif`` (uint8), optionally ``state_KK_image.tif``
-(:func:`~src.data.imaging.simulate_tomography`), and ``state_KK.json`` with its ground truth:
+(:func:`~src.simulation.imaging.simulate_tomography`), and ``state_KK.json`` with its ground truth:
 volume fractions, crack porosity, particle hull fraction, CBD coverage of the NMC surface
 (voxel faces), per-particle hull/solid voxels and centroids by simulator id. ``manifest.csv``
 and ``manifest.yaml`` (state, path, soc, voltage, time_h, voxel_size_nm) are written last.
 
-CLI: ``python -m src.data.evolution --out data/evolution --states 4 --shrink-percent 3``
+CLI: ``python -m src.simulation.evolution_series --out data/evolution --states 4 --shrink-percent 3``
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import io
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +52,9 @@ import yaml
 from scipy import ndimage
 
 from src.analysis.particles import distance_transform, separate_particles
-from src.data.imaging import ImagingConfig, simulate_tomography
 from src.data.io import to_jsonable, write_text, write_tiff
-from src.data.synthetic import (
+from src.simulation.imaging import ImagingConfig, simulate_tomography
+from src.simulation.microstructure import (
     PHASES,
     MicrostructureConfig,
     generate_microstructure,
