@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from src.analysis.evolution_statistics import read_manifest, run_evolution, write_outputs
-from src.config import CONFIG_DIR, setup_config_env
+from src.cli import run_command
 
 log = logging.getLogger("evolve")
 
@@ -63,11 +62,5 @@ def evolve(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evolve")
-def main(cfg: DictConfig) -> None:
-    evolve(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("evolve", evolve)

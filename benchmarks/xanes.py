@@ -125,10 +125,10 @@ def part_real(ref_dir: Path) -> dict:
 
 # ------------------------------------------------------------------ simulated stacks
 def part_simulated(ref_dir: Path, shape: tuple[int, int, int], seed: int = 0) -> dict:
-    from src.data.io.spectra import align_stack
     from src.simulation.imaging import ImagingConfig
     from src.simulation.microstructure import MicrostructureConfig
     from src.simulation.xanes_scan import make_xanes_sample
+    from src.xanes.alignment import align_stack
 
     micro = MicrostructureConfig(shape=shape, voxel_size_nm=60.0)
     former = XanesAnalysisConfig(ranges=SIMULATION_RANGES, shared_shape=False, edge_method="crossing")
@@ -232,7 +232,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     from hydra.utils import instantiate
 
     from src.config import compose_config
-    from src.models.spectral import XanesModule
+    from src.models.checkpoint import load_xanes_checkpoint
     from train import train
 
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -248,7 +248,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
         train(cfg)
         times[exp] = time.perf_counter() - t
         dm = instantiate(cfg.data)
-        module = XanesModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+        module = load_xanes_checkpoint(run / "checkpoints" / "best.ckpt")[0]
         runs[exp] = (cfg, dm, module)
     _, dm_b, net_b = runs["xanes_edge"]
     _, dm_a, net_a = runs["xanes_denoiser"]

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
 from src.config import to_plain
+from src.models.base import TaskModule, build_net
 from src.models.nets.reconstruction import ReconNet
-from src.models.segmentation import build_net, current_target, optimizers_from_config
 from src.recon.evaluation import recon_metrics
 from src.recon.fbp import FILTERS
 
-__all__ = ["ReconstructionModule", "load_reconstruction_checkpoint"]
+__all__ = ["ReconstructionModule"]
 
 
-class ReconstructionModule(pl.LightningModule):
+class ReconstructionModule(TaskModule):
     """Trains ``net`` (sinogram -> image) with an MSE loss against the true slices.
 
     Logs ``train/loss``, ``val/loss`` and, per held-out slice and averaged, ``val/psnr``,
@@ -44,6 +41,8 @@ class ReconstructionModule(pl.LightningModule):
         name: model name (run names, checks in ``reconstruct.py``).
     """
 
+    kind = "reconstruction"
+
     def __init__(
         self,
         net: Mapping | nn.Module,
@@ -58,7 +57,7 @@ class ReconstructionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler = map(to_plain, (net, loss, optimizer, scheduler))
-        self.save_hyperparameters(logger=False, ignore=["net"] if isinstance(net, nn.Module) else None)
+        self.save_config(net)
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if fbp_filter not in FILTERS:
@@ -77,7 +76,7 @@ class ReconstructionModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self(batch["sinogram"])
         loss = self.loss_fn(pred, batch["image"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(pred))
+        self.log_train_loss(loss, len(pred))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -105,37 +104,3 @@ class ReconstructionModule(pl.LightningModule):
             gradient_clip_val, gradient_clip_algorithm = self.hparams.gradient_clip_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
                             gradient_clip_algorithm=gradient_clip_algorithm)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler,
-                                      self.hparams.scheduler_interval)
-
-
-def load_reconstruction_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu",
-) -> tuple[ReconstructionModule, dict[str, Any]]:
-    """The trained module (eval mode) and the data settings it was trained with
-    (``datamodule_hyper_parameters``: image_size, n_angles, photons, mu...).
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a
-    reconstruction checkpoint of this project or whose weights do not fit.
-    """
-    from src.models.checkpoint import read_checkpoint
-
-    path = Path(path)
-    ckpt = read_checkpoint(path, map_location)
-    hparams = ckpt.get("hyper_parameters", {})
-    net_cfg = hparams.get("net")
-    target = net_cfg.get("_target_", "") if isinstance(net_cfg, dict) else ""
-    if "state_dict" not in ckpt or not current_target(target).startswith("src.models.nets.reconstruction."):
-        raise ValueError(f"checkpoint {path} is not a learned-reconstruction checkpoint of this "
-                         f"project (model.net._target_ = {target or '?'})")
-    keys = ("net", "loss", "optimizer", "scheduler", "scheduler_interval", "gradient_clip_norm",
-            "data_range", "fbp_filter", "name")
-    try:
-        module = ReconstructionModule(**{k: v for k, v in hparams.items() if k in keys})
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"checkpoint {path}: weights do not fit {target}: {err}") from err
-    module.eval()
-    return module.to(map_location), dict(ckpt.get("datamodule_hyper_parameters", {}))

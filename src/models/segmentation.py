@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -15,47 +13,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.analysis.metrics import scores_from_confusion
 from src.config import to_plain
-
-# where the network classes lived before the layout of issue 14: checkpoints store the
-# ``_target_`` of their net, so the ones saved before still build
-MOVED_TARGETS = {
-    "src.models.lrcsnet.": "src.models.nets.lrcsnet.",
-    "src.models.unet.": "src.models.nets.unet.",
-    "src.models.recon_nets.": "src.models.nets.reconstruction.",
-    "src.models.xanes_nets.": "src.models.nets.spectral.",
-}
+from src.models.base import TaskModule, build_net
 
 
-def current_target(target: str) -> str:
-    """``target`` (a dotted class path) with a moved module's old path replaced by its new one."""
-    for old, new in MOVED_TARGETS.items():
-        if target.startswith(old):
-            return new + target[len(old):]
-    return target
-
-
-def build_net(net: Mapping | nn.Module) -> nn.Module:
-    """An ``nn.Module`` from a config with ``_target_`` (or the module itself)."""
-    if isinstance(net, nn.Module):
-        return net
-    if "_target_" not in net:
-        raise ValueError(f"model.net needs a _target_ naming the network class, got keys {list(net)}")
-    return instantiate({**net, "_target_": current_target(net["_target_"])})
-
-
-def optimizers_from_config(
-    parameters, optimizer: Mapping | None, scheduler: Mapping | None, interval: str = "epoch"
-) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` answer from partial configs (``_partial_: true``):
-    Adam 1e-3 without an optimizer config, no scheduler without a scheduler config."""
-    opt = torch.optim.Adam(parameters, lr=1e-3) if optimizer is None else instantiate(optimizer, _convert_="all")(params=parameters)
-    if scheduler is None:
-        return {"optimizer": opt}
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": instantiate(scheduler)(optimizer=opt),
-                                               "interval": interval}}
-
-
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(TaskModule):
     """Trains ``net`` with a Dice+CE loss and logs per-phase validation scores.
 
     Args:
@@ -70,6 +31,8 @@ class SegmentationModule(pl.LightningModule):
         name: model name (run names, checks in ``evaluate.py``).
     """
 
+    kind = "segmentation"
+
     def __init__(
         self,
         net: Mapping | nn.Module,
@@ -83,7 +46,7 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         net, loss, optimizer, scheduler, inference = map(to_plain, (net, loss, optimizer, scheduler, inference))
         class_names = list(to_plain(class_names))
-        self.save_hyperparameters(logger=False, ignore=["net"] if isinstance(net, nn.Module) else None)
+        self.save_config(net)
         self.net = build_net(net)
         self.class_names = class_names
         if loss is None:
@@ -108,14 +71,10 @@ class SegmentationModule(pl.LightningModule):
             return int(np.prod(strides))
         return 16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, *spatial) grey → (B, n_classes, *spatial) logits."""
-        return self.net(x)
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log_train_loss(loss, len(logits))
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -149,6 +108,3 @@ class SegmentationModule(pl.LightningModule):
         self.log_dict({k: float(np.nan_to_num(v)) for k, v in metrics.items()})
         self.log("val/miou", float(np.nan_to_num(scores["miou"])), prog_bar=True)
         self.last_val_scores = scores
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)

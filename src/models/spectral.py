@@ -15,12 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from src.config import to_plain
-from src.models.segmentation import build_net, optimizers_from_config
+from src.models.base import TaskModule, build_net
 from src.simulation.xanes_scan import default_energies, reduced_energy_indices
 from src.xanes.edge import EdgeRanges, half_jump_energy_fit, normalize_spectra
 from src.xanes.maps import mask_edge_shape
@@ -40,7 +39,7 @@ def fit_edge_energy(
     return half_jump_energy_fit(energies, np.nan_to_num(n.norm), ranges.absolute("edge"))
 
 
-class XanesModule(pl.LightningModule):
+class XanesModule(TaskModule):
     """Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``);
     ``energies`` (eV) of the net's input channels (the full scan for the denoiser);
     ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points``: unused (the
@@ -48,6 +47,8 @@ class XanesModule(pl.LightningModule):
     ``input_scale``: the data's stack divisor; ``nmc_weight`` / ``edge_weight``: weights of the
     denoiser's squared error on NMC voxels and on the energies of the edge window (others 1);
     optimizer/scheduler partial configs."""
+
+    kind = "xanes"
 
     def __init__(
         self, net: Mapping | nn.Module, task: str = "edge", scan_energies: Sequence[float] | None = None,
@@ -59,7 +60,7 @@ class XanesModule(pl.LightningModule):
         super().__init__()
         net, optimizer, scheduler, ranges, scan_energies = map(
             to_plain, (net, optimizer, scheduler, ranges, scan_energies))
-        self.save_hyperparameters(logger=False, ignore=["net"] if isinstance(net, nn.Module) else None)
+        self.save_config(net)
         if task not in ("denoise", "edge"):
             raise ValueError(f"model.task must be 'denoise' or 'edge', got {task!r}")
         self.task = task
@@ -79,9 +80,6 @@ class XanesModule(pl.LightningModule):
         edge = (self.energies >= lo) & (self.energies <= hi)
         self.register_buffer("energy_weight", torch.from_numpy(
             np.where(edge, float(edge_weight), 1.0).astype(np.float32)).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
     def on_fit_start(self) -> None:
         """A fresh denoiser with a spectral basis (:class:`SpectralSpatialDenoiser`) starts from
@@ -110,7 +108,7 @@ class XanesModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self(batch["input"]))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
+        self.log_train_loss(loss, len(batch["input"]))
         return loss
 
     def predict_edge(self, x: torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
@@ -147,6 +145,3 @@ class XanesModule(pl.LightningModule):
             rmse = float(np.sqrt(sq / n)) if n else float("nan")
             self.log(f"val/{key}", rmse, prog_bar=key == "edge_rmse")
             self.log(f"val/{key.replace('rmse', 'valid_fraction')}", n / max(total, 1.0))
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimizers_from_config(self.parameters(), self.hparams.optimizer, self.hparams.scheduler)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from src.data.io.figures import hstack_tiles, save_figure
+from src.training.callbacks import PanelLogger
 
 __all__ = ["ReconstructionPanelLogger", "recon_panel_rgb", "save_recon_panel_png"]
 
@@ -65,7 +64,7 @@ def save_recon_panel_png(
     return save_figure(fig, path, dpi=90)
 
 
-class ReconstructionPanelLogger(pl.Callback):
+class ReconstructionPanelLogger(PanelLogger):
     """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch,
     sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
@@ -76,35 +75,22 @@ class ReconstructionPanelLogger(pl.Callback):
         every_n_epochs: log every n-th validation epoch.
     """
 
-    def __init__(self, n_samples: int = 4, every_n_epochs: int = 1) -> None:
-        self.n_samples = n_samples
-        self.every_n_epochs = every_n_epochs
-        self._batch: tuple | None = None
+    output_key = "recon"
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and isinstance(outputs, dict) and "recon" in outputs:
-            n = self.n_samples
-            self._batch = (batch["image"][:n, 0], outputs["fbp"][:n, 0], outputs["recon"][:n, 0])
+    def keep(self, batch: dict, outputs: dict) -> tuple:
+        n = self.n_samples
+        return batch["image"][:n, 0], outputs["fbp"][:n, 0], outputs["recon"][:n, 0]
 
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._batch is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
-        truths, fbps, recons = (list(t.detach().float().cpu().numpy()) for t in self._batch)
-        self._batch = None
-        epoch = trainer.current_epoch
-        save_recon_panel_png(Path(trainer.default_root_dir) / "panels" / f"val_epoch{epoch:03d}.png",
-                             truths, fbps, recons, title=f"validation, epoch {epoch}")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
+    def prepare(self, arrays: tuple) -> tuple:
+        return tuple(list(a) for a in arrays)
 
-                logger.experiment.log({
-                    "val/panel": [wandb.Image(recon_panel_rgb(t, f, r), caption=" | ".join(COLUMNS))
-                                  for t, f, r in zip(truths, fbps, recons, strict=True)],
-                    "trainer/global_step": trainer.global_step,
-                })
-            elif isinstance(logger, TensorBoardLogger):
-                for i, (t, f, r) in enumerate(zip(truths, fbps, recons, strict=True)):
-                    logger.experiment.add_image(f"val/panel_{i}", recon_panel_rgb(t, f, r), epoch,
-                                                dataformats="HWC")
+    def save_png(self, path: Path, arrays: tuple, pl_module: pl.LightningModule, epoch: int) -> None:
+        save_recon_panel_png(path, *arrays, title=f"validation, epoch {epoch}")
+
+    def wandb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list:
+        import wandb
+
+        return [wandb.Image(recon_panel_rgb(t, f, r), caption=" | ".join(COLUMNS)) for t, f, r in zip(*arrays, strict=True)]
+
+    def rgb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list[np.ndarray]:
+        return [recon_panel_rgb(t, f, r) for t, f, r in zip(*arrays, strict=True)]

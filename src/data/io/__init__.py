@@ -21,6 +21,8 @@ import numpy as np
 import tifffile
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: the endings of HDF5 files (NeXus and Data Exchange included)
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".npy")
 BIGTIFF_THRESHOLD = 2**31 - 2**25  # bytes; leave headroom for tags below the 4 GB/2 GB limits
 _CHUNK_ELEMENTS = 2**24  # elements per slab when scanning large (memory-mapped) arrays

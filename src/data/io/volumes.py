@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from src.data.io import TIFF_SUFFIXES, ImageReadError, natural_sort_key
+from src.data.transforms import DEFAULT_NORMALIZE, percentile_range
+from src.data.io import HDF5_SUFFIXES, TIFF_SUFFIXES, ImageReadError, natural_sort_key
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 ZARR_SUFFIXES = (".zarr", ".zarr/")
 Region = tuple[slice, ...]
 
@@ -200,15 +200,14 @@ def open_volume(spec: str | os.PathLike[str] | np.ndarray, key: str | None = Non
                          f"a folder of TIFF slices, HDF5 ({', '.join(HDF5_SUFFIXES)}[:dataset]), Zarr (.zarr[:array]), .npy")
 
 
-def sample_range(source: VolumeSource, lower: float = 0.5, upper: float = 99.5,
+def sample_range(source: VolumeSource, lower: float = DEFAULT_NORMALIZE["lower"],
+                 upper: float = DEFAULT_NORMALIZE["upper"],
                  max_samples: int = 2_000_000) -> tuple[float, float]:
     """Grey values at the ``lower``/``upper`` percentiles of a regular sample of the volume.
 
     Reads at most ~64 evenly spaced slices, each strided in y and x, so about ``max_samples``
     voxels; the same sample whether the volume is on disk or in memory.
     """
-    from src.data.transforms import percentile_range
-
     shape = source.shape if source.ndim == 3 else (1, *source.shape)
     n_slices = min(shape[0], 64)
     zs = np.unique(np.linspace(0, shape[0] - 1, n_slices).round().astype(int))
