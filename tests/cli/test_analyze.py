@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from src.data.io import ImageReadError, write_tiff
-from tests.conftest import blob_labels, compose
+from tests.helpers import blob_labels, compose
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["statistics.axes=[0]", "statistics.tortuosity_phases=[pore]", "statistics.particles.min_voxels=1",
         "statistics.particles.exclude_border=false"]
 

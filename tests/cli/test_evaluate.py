@@ -14,9 +14,9 @@ import tifffile
 from src.analysis.metrics import confusion_matrix, scores_from_confusion
 from src.data.io import ImageReadError, read_image, write_tiff
 from src.models.checkpoint import CheckpointError
-from tests.conftest import blob_labels, compose, grey_from_labels, tiny_train_overrides
+from tests.helpers import blob_labels, compose, grey_from_labels, tiny_train_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

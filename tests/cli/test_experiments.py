@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from src.analysis.baselines import multi_otsu_segment
-from tests.conftest import compose, shared_data
+from tests.helpers import compose, shared_data
 
 TRAIN_SLICES = ["1", "200", "103", "510", "929", "394", "546"]
 HELD_OUT = {"400", "1098", "698"}
@@ -51,7 +51,7 @@ def test_kmeans_and_random_forest_baselines():
     from scipy import ndimage
 
     from src.analysis.baselines import RandomForestSegmenter, filter_features, kmeans_segment
-    from tests.conftest import blob_labels
+    from tests.helpers import blob_labels
 
     rng = np.random.default_rng(1)
     truth = blob_labels((64, 64), seed=5)

@@ -14,10 +14,9 @@ import torch
 from src.data.io import ImageReadError, read_image, write_tiff
 from src.recon.operators import project
 from src.simulation.sinograms import attenuation_unit, random_ellipses
-from tests.conftest import compose
-from tests.test_recon_learned import recon_overrides
+from tests.helpers import compose, recon_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE, ANGLES, ROWS = 32, 16, 3
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import compose, tiny_train_overrides
+from tests.helpers import compose, tiny_train_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_overrides(data_dir: Path, log_dir: Path) -> list[str]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from tests.conftest import compose, tiny_train_overrides
+from tests.helpers import compose, tiny_train_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("model", ["lrcsnet", "lrcsnet_deep", "unet", "monai_unet", "monai_basicunet"])

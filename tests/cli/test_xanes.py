@@ -19,7 +19,7 @@ from src.data.io import write_tiff
 from src.simulation.imaging import ImagingConfig
 from src.simulation.microstructure import MicrostructureConfig
 from src.simulation.xanes_scan import XanesSimConfig, make_xanes_sample, write_xanes_sample
-from tests.conftest import compose, shared_data
+from tests.helpers import compose, shared_data
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def _train_overrides(out: Path, experiment: str) -> list[str]:
 def test_train_xanes_nets(tmp_path, experiment):
     import torch
 
-    from src.models.spectral import XanesModule
+    from src.models.checkpoint import checkpoint_kind, load_xanes_checkpoint
     from train import train
 
     cfg = compose("train", _train_overrides(tmp_path, experiment))
@@ -112,7 +112,8 @@ def test_train_xanes_nets(tmp_path, experiment):
     assert np.isfinite(metrics["val/edge_rmse"]) and np.isfinite(metrics["val/edge_rmse_fit"])
     assert metrics["val/edge_valid_fraction"] > 0.9
     ckpt = tmp_path / "checkpoints" / "best.ckpt"
-    module = XanesModule.load_from_checkpoint(ckpt, map_location="cpu")
+    assert checkpoint_kind(ckpt) == "xanes" and torch.load(ckpt, weights_only=False)["kind"] == "xanes"
+    module, _ = load_xanes_checkpoint(ckpt)
     n_in = 15 if experiment == "xanes_edge" else 60
     assert module.energies.size == n_in and module.net.n_energies == n_in
     assert list(cfg.data.shape) == [8, 32, 32]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, free_port, tiny_train_overrides
+from tests.helpers import compose, free_port, tiny_train_overrides
 
 pytest.importorskip("mlflow", reason="MLflow comes with the track extra: pip install '.[track]'")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import compose, free_port, tiny_train_overrides
+from tests.helpers import compose, free_port, tiny_train_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # a model that leaves the all-one-phase start within one short epoch (so metrics can differ)
 LEARNING = ["model=unet", "model.optimizer.lr=0.01", "data.samples_per_epoch=64"]
 

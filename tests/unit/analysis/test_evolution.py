@@ -30,9 +30,9 @@ from src.analysis.registration import (
 from src.data.io import write_tiff
 from src.simulation.evolution_series import EvolutionConfig, write_evolution_series
 from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
-from tests.conftest import blob_labels, compose
+from tests.helpers import blob_labels, compose
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PHASES = ["NMC", "CBD", "pore"]
 FAST_STATS = {"particle_phase": "NMC", "tortuosity": False, "thickness_phases": [],
               "particles": {"min_voxels": 27}}

@@ -18,7 +18,7 @@ from src.analysis.morphology import (
 )
 from src.analysis.statistics_table import flatten_statistics, units
 from src.analysis.transport import percolating_fraction, tortuosity_factor
-from tests.conftest import blob_labels, shared_data
+from tests.helpers import blob_labels, shared_data
 
 PHASES = ["NMC", "CBD", "pore"]
 

@@ -11,7 +11,7 @@ import torch
 
 from src.analysis.label_bias import label_bias_table, shift_phase_border
 from src.models.checkpoint import CheckpointError, load_pretrained_weights
-from tests.conftest import blob_labels, compose, tiny_train_overrides
+from tests.helpers import blob_labels, compose, tiny_train_overrides
 
 
 def baseline_cfg(method: str, data, out, *extra: str):

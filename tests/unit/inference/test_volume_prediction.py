@@ -25,9 +25,9 @@ from src.inference.volume_prediction import predict_volume, progress_dir
 from src.models.nets.lrcsnet import LRCSNet
 from src.models.nets.unet import UNet
 from src.models.segmentation import SegmentationModule
-from tests.conftest import compose
+from tests.helpers import compose
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CLASSES = ["NMC", "CBD", "pore"]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from src.data.sinogram_datamodule import SinogramDataModule
 from src.models.nets.reconstruction import (
     FBPConvNet,
     LearnedGradientDescent,
@@ -17,15 +17,15 @@ from src.models.nets.reconstruction import (
 )
 from src.recon.evaluation import compare_methods, format_recon_table, psnr, rel_error, ssim
 from src.simulation.sinograms import (
-    SinogramDataModule,
     disk_mask,
     electrode_slices,
     random_ellipses,
     simulate_sinograms,
 )
-from tests.conftest import compose
+from tests.helpers import RECON_SIZE as SIZE
+from tests.helpers import compose, recon_overrides
 
-SIZE, ANGLES = 32, 12
+ANGLES = 12
 
 
 def small_net(kind: str, projector=None):
@@ -35,22 +35,6 @@ def small_net(kind: str, projector=None):
     if kind == "lgd":
         return LearnedGradientDescent(**geo, n_iter=3, width=8)
     return FBPConvNet(**geo, base_filters=4, depth=2)
-
-
-def recon_overrides(out_dir: Path, model: str, extra: list[str] | None = None) -> list[str]:
-    """A seconds-long real fit of a reconstruction model through train.py."""
-    net = {"lpd": ["model.net.n_iter=2", "model.net.width=8"],
-           "lgd": ["model.net.n_iter=2", "model.net.width=8"],
-           "fbpconvnet": ["model.net.base_filters=4", "model.net.depth=2"]}[model]
-    return [
-        f"model={model}", "data=sinograms", "logger=csv", "callbacks=reconstruction",
-        f"data.image_size={SIZE}", "data.n_angles=16", "data.photons=1e4",
-        "data.train_samples=16", "data.val_samples=8", "data.batch_size=4",
-        "data.ellipse_fraction=1.0", "data.val_ellipse_fraction=1.0",
-        "trainer.max_epochs=1", "trainer.max_time=null", "trainer.log_every_n_steps=1",
-        "trainer.enable_model_summary=false",
-        f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}/logs", *net, *(extra or []),
-    ]
 
 
 # ------------------------------------------------------------------ nets

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,8 +16,9 @@ from src.recon import (
     tv_pdhg,
 )
 from src.recon.iterative import divergence, gradient
+from tests.helpers import SHARED_DATA
 
-TOMOPY_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "tomopy-reference"
+TOMOPY_REF = SHARED_DATA / "tomopy-reference"
 N = 48
 
 

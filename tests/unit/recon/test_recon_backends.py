@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from src.recon import ParallelBeamProjector, project, recon
 from src.recon.backends import astra_available, tomopy_available
+from tests.helpers import SHARED_DATA
 
-TOMOPY_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "tomopy-reference"
+TOMOPY_REF = SHARED_DATA / "tomopy-reference"
 needs_astra = pytest.mark.skipif(not astra_available(),
                                  reason="astra-toolbox not importable (pip install astra-toolbox)")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +14,9 @@ from src.recon import (
     recon,
     tomopy_detector_width,
 )
+from tests.helpers import SHARED_DATA
 
-TOMOPY_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "tomopy-reference"
+TOMOPY_REF = SHARED_DATA / "tomopy-reference"
 
 GEOMETRIES = [  # (image_shape, n_angles, n_det, center)
     ((32, 32), 30, None, None),

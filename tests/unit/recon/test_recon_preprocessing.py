@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -19,8 +17,9 @@ from src.recon import (
     remove_stripe_sorting,
     retrieve_phase,
 )
+from tests.helpers import SHARED_DATA
 
-TOMOPY_REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "tomopy-reference"
+TOMOPY_REF = SHARED_DATA / "tomopy-reference"
 
 
 def _ref(name: str) -> np.ndarray:

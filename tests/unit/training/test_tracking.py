@@ -73,7 +73,7 @@ def test_resumed_training_continues_the_wandb_run_with_checkpoint_artifact(tiny_
     """Offline W&B: the restart from last.ckpt logs into the same run id; log_model=true keeps
     the checkpoint as an artifact in the offline run (uploaded by `wandb sync`)."""
     import train
-    from tests.conftest import compose, tiny_train_overrides
+    from tests.helpers import compose, tiny_train_overrides
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     base = tiny_train_overrides(tiny_data, tmp_path, logger="wandb") + ["logger.wandb.log_model=true"]

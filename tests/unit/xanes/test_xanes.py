@@ -19,7 +19,7 @@ from src.xanes.edge import (
     white_line_energy,
 )
 from src.xanes.reference_loop import analyze_spectrum_loop
-from tests.conftest import shared_data
+from tests.helpers import shared_data
 
 #: pre-edge line 8200-8320 eV, post-edge quadratic 8400-9000 eV (the references' full range)
 REFERENCE_RANGES = EdgeRanges(e0=8345.0, pre=(-145.0, -25.0), post=(55.0, 655.0), post_order=2)

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from src.data.io.spectra import XanesInputError, align_stack, read_energies, read_spectral_stack
+from src.data.io.spectra import XanesInputError, read_energies, read_spectral_stack
 from src.simulation.imaging import ImagingConfig
 from src.simulation.microstructure import MicrostructureConfig
 from src.simulation.xanes_scan import (
@@ -20,8 +20,9 @@ from src.simulation.xanes_scan import (
     reduced_energy_indices,
     write_xanes_sample,
 )
+from src.xanes.alignment import align_stack
 from src.xanes.maps import XanesAnalysisConfig, analyze_stack
-from tests.conftest import shared_data
+from tests.helpers import shared_data
 
 SHAPE = (16, 40, 40)
 
