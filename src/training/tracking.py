@@ -113,7 +113,11 @@ def make_wandb_logger(
     """A Lightning ``WandbLogger`` whose run lives under ``save_dir/wandb``.
 
     Args:
-        name, group, tags: the run's identity; inside a Hydra sweep see :func:`sweep_run_identity`.
+        project: the W&B project.
+        save_dir: the run folder; the W&B run lives under ``save_dir/wandb``.
+        name: the run's name; inside a Hydra sweep see :func:`sweep_run_identity`.
+        group: the run's group.
+        tags: the run's tags.
         mode: ``online`` / ``offline`` / ``disabled`` or None (see :func:`resolve_wandb_mode`).
         log_model: upload checkpoints as W&B artifacts: False, True (at the end) or ``"all"``
             (every checkpoint as it is written). Offline runs keep them for ``wandb sync``.
@@ -122,6 +126,7 @@ def make_wandb_logger(
             found in that checkpoint's run directory, so a resumed training is one W&B run.
             Without it, a W&B run already in ``save_dir`` (a restart in the same run folder,
             such as a requeued SLURM job) is continued.
+        **kwargs: further arguments of ``WandbLogger`` (and ``wandb.init``).
 
     Offline runs print where they are and the ``wandb sync`` command that uploads them later.
     """

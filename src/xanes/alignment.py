@@ -38,7 +38,6 @@ def align_stack(
     Returns ``(aligned, shifts)``: the aligned stack (float32, same shape) and ``(E, ndim)``
     shifts (voxels) that were applied, i.e. the estimated drift is ``-shifts``.
     """
-
     stack = np.asarray(stack, np.float32)
     if stack.ndim not in (3, 4):
         raise ValueError(f"stack must be (E, y, x) or (E, z, y, x), got shape {stack.shape}")
