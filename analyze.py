@@ -13,12 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from src.analysis.morphology import check_voxel_size, compute_statistics, load_label_volume
 from src.analysis.statistics_table import write_statistics
-from src.config import CONFIG_DIR, setup_config_env
+from src.cli import run_command
 from src.data.io import list_images
 
 log = logging.getLogger("analyze")
@@ -51,11 +50,5 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    analyze(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("analyze", analyze)

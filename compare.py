@@ -12,12 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONFIG_DIR, setup_config_env
+from src.cli import run_command
 from src.data.io import write_text
-from src.run_comparison import (
+from src.training.run_comparison import (
     comparison_rows,
     load_runs,
     markdown_table,
@@ -54,11 +53,5 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
-def main(cfg: DictConfig) -> None:
-    compare(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("compare", compare)

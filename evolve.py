@@ -4,7 +4,7 @@
 The manifest and every volume are read and checked before anything is computed; the outputs
 (``evolution.csv``, ``evolution.json``, ``tests.csv``, ``units.json``, ``tracking.csv``,
 ``evolution.png``, ``distributions.png``) are written at the end, each atomically. See
-:mod:`src.analysis.evolution` for the method.
+:mod:`src.analysis.evolution_statistics` for the method.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.evolution import read_manifest, run_evolution, write_outputs
-from src.config import CONFIG_DIR, setup_config_env
+from src.analysis.evolution_statistics import read_manifest, run_evolution, write_outputs
+from src.cli import run_command
 
 log = logging.getLogger("evolve")
 
@@ -63,11 +62,5 @@ def evolve(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evolve")
-def main(cfg: DictConfig) -> None:
-    evolve(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("evolve", evolve)

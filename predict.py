@@ -10,15 +10,15 @@ predicts its share of the chunks into the one shared output. See ``conf/predict.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from src.config import CONFIG_DIR, setup_config_env
-from src.data.volumes import open_volume, output_kind, sample_range
+from src.cli import run_command
+from src.config import resolve_device
+from src.data.io.volumes import open_volume, output_kind, sample_range
+from src.data.transforms import normalization
 from src.inference.volume_prediction import (
     PredictionResult,
     predict_volume,
@@ -30,15 +30,6 @@ from src.models.checkpoint import load_segmentation_checkpoint
 log = logging.getLogger("predict")
 
 
-def prediction_device(name: str) -> str:
-    """``auto`` → the GPU of this local rank when there is one, else the CPU."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    return "cpu"
-
-
 def predict(cfg: DictConfig) -> PredictionResult:
     """Check the input, checkpoint and output, then predict this rank's chunks."""
     return_freed_memory()
@@ -48,8 +39,8 @@ def predict(cfg: DictConfig) -> PredictionResult:
     rank, world_size = resolve_rank(cfg.rank, cfg.world_size)
     predictor = hydra.utils.instantiate(cfg.tiling)(
         net=module.net, spatial_dims=module.spatial_dims, size_multiple=module.size_multiple,
-        device=prediction_device(cfg.device))
-    norm = cfg.normalize or data_hparams.get("normalize") or {"lower": 0.5, "upper": 99.5}
+        device=resolve_device(cfg.device, per_rank=True))
+    norm = normalization(cfg.normalize, data_hparams.get("normalize"))
     with source:
         value_range = sample_range(source, norm["lower"], norm["upper"])
         log.info("predicting %s %s %s with %s (rank %d of %d), grey range %s", source.name, source.shape,
@@ -65,11 +56,5 @@ def predict(cfg: DictConfig) -> PredictionResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("predict", predict)

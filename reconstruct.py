@@ -13,62 +13,23 @@ ring (stripe) removal, then FBP/SIRT/CGLS/TV (:func:`src.recon.recon`) or a lear
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from src.config import CONFIG_DIR, setup_config_env
-from src.data.io import read_image, write_tiff
+from src.cli import run_command
+from src.config import resolve_device
+from src.data.io import write_tiff
+from src.data.io.projections import read_stack, read_theta
 from src.recon.fbp import ALGORITHMS, check_projections, recon
 from src.recon.preprocessing import minus_log, normalize, remove_stripe_sorting
 
 log = logging.getLogger("reconstruct")
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
 METHODS = (*ALGORITHMS, "learned")
-
-
-def read_stack(path: str | Path, dataset: str | None = None) -> np.ndarray:
-    """An array from a TIFF/folder/``.npy`` (:func:`src.data.io.read_image`) or an HDF5 dataset
-    (``dataset`` key, default ``exchange/data``), as float32 in memory."""
-    path = Path(path)
-    if path.suffix.lower() in HDF5_SUFFIXES:
-        try:
-            import h5py
-        except ImportError as err:
-            raise ImportError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from err
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        key = dataset or "exchange/data"
-        with h5py.File(path, "r") as fh:
-            if key not in fh:
-                raise KeyError(f"{path}: no dataset {key!r}; set dataset=... (has {list(fh)})")
-            return np.asarray(fh[key], dtype=np.float32)
-    return np.asarray(read_image(path, mmap=False), dtype=np.float32)
-
-
-def read_theta(spec: Any, n_angles: int, unit: str = "rad") -> np.ndarray:
-    """Angles in radians: from a file (``.npy`` or text), a list, or (None) ``n_angles`` evenly
-    spaced over ``[0, pi)``."""
-    if unit not in ("rad", "deg"):
-        raise ValueError(f"theta_unit must be 'rad' or 'deg', got {unit!r}")
-    if spec is None:
-        return np.linspace(0.0, math.pi, n_angles, endpoint=False)
-    if isinstance(spec, str | Path):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"theta file {path} does not exist")
-        theta = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=1)
-    else:
-        theta = np.asarray(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec)
-    theta = np.asarray(theta, dtype=np.float64).ravel()
-    return np.deg2rad(theta) if unit == "deg" else theta
 
 
 def preprocess(tomo: np.ndarray, cfg: DictConfig) -> np.ndarray:
@@ -94,12 +55,6 @@ def preprocess(tomo: np.ndarray, cfg: DictConfig) -> np.ndarray:
     return tomo
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def reconstruct_learned(
     tomo: np.ndarray, theta: np.ndarray, center: float | None, ckpt_path: str | Path,
     mu: float | None = None, batch_size: int = 16, device: str = "cpu", progress: bool = True,
@@ -111,11 +66,11 @@ def reconstruct_learned(
     training ``mu`` (attenuation per pixel of a unit value) and the output multiplied by it, so
     the volume is in attenuation per voxel like FBP's.
     """
-    from src.data.sinograms import attenuation_unit
-    from src.models.recon_nets import make_projector
-    from src.models.reconstruction_module import load_reconstruction_checkpoint
+    from src.models.checkpoint import load_reconstruction_checkpoint
+    from src.models.nets.reconstruction import make_projector
+    from src.simulation.sinograms import attenuation_unit
 
-    dev = _device(device)
+    dev = torch.device(resolve_device(device))
     module, data_hp = load_reconstruction_checkpoint(ckpt_path, map_location=dev)
     net = module.net
     op = net.projector
@@ -154,7 +109,9 @@ def reconstruct(cfg: DictConfig) -> np.ndarray:
         if not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
     tomo = preprocess(read_stack(cfg.input, cfg.get("dataset")), cfg)
-    theta = read_theta(cfg.get("theta"), tomo.shape[0], cfg.get("theta_unit", "rad"))
+    spec = cfg.get("theta")
+    theta = read_theta(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec, tomo.shape[0],
+                       cfg.get("theta_unit", "rad"))
     tomo = check_projections(tomo, theta)
     if cfg.get("rows") is not None:
         start, stop = (int(v) for v in cfg.rows)
@@ -179,7 +136,7 @@ def reconstruct(cfg: DictConfig) -> np.ndarray:
                 tomo[:, z:z + step], theta, center=center, algorithm=algorithm,
                 backend=cfg.get("backend", "torch"), num_iter=cfg.get("num_iter"),
                 filter_name=cfg.get("filter_name", "ramp"), chunk=step,
-                device=_device(str(cfg.get("device", "cpu"))), **kwargs)
+                device=torch.device(resolve_device(str(cfg.get("device", "cpu")))), **kwargs)
     meta = {"algorithm": algorithm, "input": str(cfg.input), "n_angles": n_angles,
             "center": center if center is not None else cols / 2.0,
             "ckpt_path": str(cfg.get("ckpt_path")) if algorithm == "learned" else None,
@@ -189,11 +146,5 @@ def reconstruct(cfg: DictConfig) -> np.ndarray:
     return volume
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="reconstruct")
-def main(cfg: DictConfig) -> None:
-    reconstruct(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("reconstruct", reconstruct)

@@ -20,9 +20,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from src.config import CONFIG_DIR, setup_config_env
-from src.sweeps import ERROR_FILE, in_multirun
-from src.tracking import finish_wandb_run
+from src.cli import run_command
+from src.training.sweeps import ERROR_FILE, in_multirun
+from src.training.tracking import finish_wandb_run
 
 log = logging.getLogger("train")
 
@@ -75,7 +75,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train; return ``optimized_metric`` (None when missing or NaN: a failed trial for Optuna)."""
     try:
@@ -94,5 +93,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("train", main)

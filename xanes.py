@@ -20,7 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import CONFIG_DIR, setup_config_env
+from src.cli import run_command
 
 log = logging.getLogger("xanes")
 
@@ -52,9 +52,10 @@ def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str]
 def run_xanes(cfg: DictConfig) -> dict[str, Any]:
     """The whole command; returns the summary (also written as ``summary.json``)."""
     from src.analysis.particles import separate_particles
-    from src.analysis.xanes import load_spectrum
-    from src.analysis.xanes_maps import analyze_stack, particle_statistics, write_outputs
-    from src.data.xanes_io import align_stack, read_energies, read_spectral_stack
+    from src.data.io.spectra import read_energies, read_spectral_stack
+    from src.xanes.alignment import align_stack
+    from src.xanes.edge import load_spectrum
+    from src.xanes.maps import analyze_stack, particle_statistics, write_outputs
 
     start = time.perf_counter()
     energies = read_energies(cfg.energies)
@@ -109,11 +110,5 @@ def run_xanes(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="xanes")
-def main(cfg: DictConfig) -> None:
-    run_xanes(cfg)
-
-
 if __name__ == "__main__":
-    setup_config_env()
-    main()
+    run_command("xanes", run_xanes)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.io import read_image, write_text
-from src.visualize import save_figure
+from src.data.io.figures import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["NMC", "CBD", "pore"]

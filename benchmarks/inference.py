@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NETS = {
-    "lrcsnet": {"_target_": "src.models.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 32},
-    "unet": {"_target_": "src.models.unet.UNet", "spatial_dims": 2, "num_classes": 3, "base_filters": 16, "depth": 4},
-    "lrcsnet_tiny": {"_target_": "src.models.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2},
+    "lrcsnet": {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 32},
+    "unet": {"_target_": "src.models.nets.unet.UNet", "spatial_dims": 2, "num_classes": 3, "base_filters": 16, "depth": 4},
+    "lrcsnet_tiny": {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2},
 }
 ROI = 256  # the models' configured window (conf/model/base/segmentation.yaml inference.roi_size)
 
@@ -64,8 +64,8 @@ def calibrate_batch_norm(net, volume: str, value_range: tuple[float, float]) -> 
     its labels vary with the data (identical for both methods; no weights are trained)."""
     import torch
 
+    from src.data.io.volumes import open_volume
     from src.data.transforms import normalize_percentile
-    from src.data.volumes import open_volume
 
     with open_volume(volume) as source:
         zs = np.linspace(0, source.shape[0] - 1, 4).round().astype(int)
@@ -122,7 +122,7 @@ def worker(a: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
 
-    from src.data.volumes import open_volume, sample_range
+    from src.data.io.volumes import open_volume, sample_range
 
     torch.set_num_threads(a.threads)
     net = build_net(a.model, a.ckpt)
@@ -229,7 +229,7 @@ def print_table(rows: list[dict], a: argparse.Namespace) -> None:
 def memory(a: argparse.Namespace) -> None:
     import torch
 
-    from src.models.segmentation_module import SegmentationModule
+    from src.models.segmentation import SegmentationModule
 
     shape = tuple(a.shape)
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:

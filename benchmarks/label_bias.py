@@ -19,8 +19,8 @@ import numpy as np
 from src.analysis.label_bias import label_bias_table
 from src.analysis.morphology import load_label_volume
 from src.data.io import write_text
-from src.data.synthetic import PHASES, MicrostructureConfig, generate_microstructure
-from src.visualize import save_figure
+from src.data.io.figures import save_figure
+from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import numpy as np
 from src.analysis.baselines import RandomForestSegmenter
 from src.analysis.label_consistency import format_consistency_table, label_consistency
 from src.data.io import natural_sort_key, write_text
+from src.data.io.figures import save_figure
 from src.data.sources import load_pair, pair_key
 from src.data.transforms import normalize_percentile
-from src.visualize import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 

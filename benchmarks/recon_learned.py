@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.config import compose_config, setup_config_env  # noqa: E402
-from src.data.sinograms import SinogramDataModule  # noqa: E402
-from src.models.reconstruction_module import load_reconstruction_checkpoint  # noqa: E402
+from src.data.sinogram_datamodule import SinogramDataModule  # noqa: E402
+from src.models.checkpoint import load_reconstruction_checkpoint  # noqa: E402
 from src.recon.evaluation import (  # noqa: E402
     DISPLAY_NAMES,
     compare_on_held_out,

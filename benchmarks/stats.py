@@ -5,7 +5,7 @@
 
 Default volume: ``../shared/data/electrode-volumes/taufactor_electrode.tiff`` (0 = pore,
 85 = NMC, 170 = CBD, 40 nm voxels assumed) cropped to ``--size``³, else a synthetic electrode
-(:func:`src.data.synthetic.generate_microstructure`). Peers, run in the same process on the same
+(:func:`src.simulation.microstructure.generate_microstructure`). Peers, run in the same process on the same
 labels: porespy ``phase_fraction`` (volume fraction), taufactor ``specific_surface_area``
 (marching cubes, SSA), porespy ``snow_partitioning`` (particle separation: count),
 porespy ``trim_nonpercolating_paths`` (connectivity along z), porespy ``local_thickness``
@@ -54,7 +54,7 @@ def load(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         raw = np.asarray(read_image(path, mmap=False))[: args.size, : args.size, : args.size]
         values = [int(v) for v in args.label_values.split(",")]
         return remap_labels(raw, values, str(path)), f"{path.name} {raw.shape}"
-    from src.data.synthetic import MicrostructureConfig, generate_microstructure
+    from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
 
     cfg = MicrostructureConfig(shape=(args.size,) * 3, voxel_size_nm=args.voxel_size_nm)
     return generate_microstructure(cfg, seed=0), f"synthetic {cfg.shape}"

@@ -17,10 +17,10 @@ Parts (each prints a markdown table):
   and to the iterated mean of the stack (the current one), with the residual shift error (px)
   against the simulator's known drift. The volume is seed ``--sim-seed`` (0), not one of the
   seeds the estimator's widths were chosen on (1, 2);
-* ``speed``: voxels/s of the full per-voxel analysis (:func:`src.analysis.xanes_maps.analyze_stack`:
+* ``speed``: voxels/s of the full per-voxel analysis (:func:`src.xanes.maps.analyze_stack`:
   normalisation, jump mask, half jump, steepest slope, white-line fit, NNLS, SOC, LCF edge) on a
   ``size``³ × 60 stack, against a per-voxel scipy loop
-  (:func:`src.analysis.xanes_reference.analyze_spectrum_loop`) on ``--sample`` voxels of it;
+  (:func:`src.xanes.reference_loop.analyze_spectrum_loop`) on ``--sample`` voxels of it;
 * ``cnn``: trains the denoiser (a) and the edge-map net (b) with ``train.py``'s ``train`` (CPU,
   ``--minutes`` each at most) and compares them with per-voxel fitting **at equal total dose** on
   the held-out volume: full scan (60 energies × P photons) vs reduced scan (15 × 4P).
@@ -40,7 +40,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.analysis.xanes import (  # noqa: E402
+from src.simulation.xanes_scan import (  # noqa: E402
+    DEFAULT_REFERENCE_DIR,
+    SIMULATION_RANGES,
+    XanesSimConfig,
+    default_energies,
+    load_end_members,
+)
+from src.xanes.edge import (  # noqa: E402
     EdgeRanges,
     half_jump_energy_fit,
     interpolate_references,
@@ -50,14 +57,7 @@ from src.analysis.xanes import (  # noqa: E402
     steepest_slope_energy,
     white_line_energy,
 )
-from src.analysis.xanes_maps import XanesAnalysisConfig, analyze_stack, mask_edge_shape  # noqa: E402
-from src.data.xanes_simulator import (  # noqa: E402
-    DEFAULT_REFERENCE_DIR,
-    SIMULATION_RANGES,
-    XanesSimConfig,
-    default_energies,
-    load_end_members,
-)
+from src.xanes.maps import XanesAnalysisConfig, analyze_stack, mask_edge_shape  # noqa: E402
 
 REF_RANGES = EdgeRanges(e0=8345.0, pre=(-145.0, -25.0), post=(55.0, 655.0), post_order=2)
 NCA_RANGES = EdgeRanges(e0=8345.0, pre=(-95.0, -10.0), post=(30.0, 300.0))
@@ -125,10 +125,10 @@ def part_real(ref_dir: Path) -> dict:
 
 # ------------------------------------------------------------------ simulated stacks
 def part_simulated(ref_dir: Path, shape: tuple[int, int, int], seed: int = 0) -> dict:
-    from src.data.imaging import ImagingConfig
-    from src.data.synthetic import MicrostructureConfig
-    from src.data.xanes_io import align_stack
-    from src.data.xanes_simulator import make_xanes_sample
+    from src.simulation.imaging import ImagingConfig
+    from src.simulation.microstructure import MicrostructureConfig
+    from src.simulation.xanes_scan import make_xanes_sample
+    from src.xanes.alignment import align_stack
 
     micro = MicrostructureConfig(shape=shape, voxel_size_nm=60.0)
     former = XanesAnalysisConfig(ranges=SIMULATION_RANGES, shared_shape=False, edge_method="crossing")
@@ -177,7 +177,7 @@ def part_simulated(ref_dir: Path, shape: tuple[int, int, int], seed: int = 0) ->
 
 # ------------------------------------------------------------------ speed
 def part_speed(ref_dir: Path, size: int, sample: int) -> dict:
-    from src.analysis.xanes_reference import analyze_spectrum_loop
+    from src.xanes.reference_loop import analyze_spectrum_loop
 
     energies = default_energies()
     m = load_end_members(ref_dir)
@@ -232,7 +232,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     from hydra.utils import instantiate
 
     from src.config import compose_config
-    from src.models.xanes_module import XanesModule
+    from src.models.checkpoint import load_xanes_checkpoint
     from train import train
 
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -248,7 +248,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
         train(cfg)
         times[exp] = time.perf_counter() - t
         dm = instantiate(cfg.data)
-        module = XanesModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+        module = load_xanes_checkpoint(run / "checkpoints" / "best.ckpt")[0]
         runs[exp] = (cfg, dm, module)
     _, dm_b, net_b = runs["xanes_edge"]
     _, dm_a, net_a = runs["xanes_denoiser"]
@@ -328,7 +328,7 @@ def _figure(path: Path, truth, fit, lcf, cnn, nmc) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from src.visualize import save_figure
+    from src.data.io.figures import save_figure
 
     z = truth.shape[0] // 2
     panels = [("truth", truth), ("per-voxel half jump, 60 E", fit), ("per-voxel LCF edge, 60 E", lcf),

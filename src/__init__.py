@@ -1,0 +1,1 @@
+"""batteryct: battery-electrode nano X-ray CT (reconstruction, segmentation, XANES, 3D statistics)."""

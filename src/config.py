@@ -59,3 +59,28 @@ def to_plain(value):
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def resolve_device(name: str = "auto", per_rank: bool = False) -> str:
+    """The torch device of a ``device=`` setting.
+
+    Args:
+        name: ``"auto"`` (the GPU when there is one, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:<i>"``.
+        per_rank: with ``"auto"``, the GPU of this process's ``LOCAL_RANK`` (``cuda:<i>``).
+
+    Returns:
+        The device name, e.g. ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
+
+    Raises:
+        RuntimeError: a CUDA device is asked for but CUDA is not available.
+    """
+    import torch
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}" if per_rank else "cuda"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available; use device=cpu")
+    return name

@@ -1,0 +1,1 @@
+"""Metrics, baselines, morphology, particles, transport and evolution statistics."""

@@ -23,6 +23,7 @@ from src.analysis.particles import measure_particles, separate_particles, weight
 from src.analysis.surfaces import SURFACE_SIGMA, phase_surface
 from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_factor
 from src.data.io import read_image
+from src.data.io.labels import check_label_values
 
 __all__ = ["check_labels", "check_voxel_size", "compute_statistics", "local_thickness",
            "particle_statistics", "remap_labels", "surface_statistics", "volume_fractions"]
@@ -67,17 +68,11 @@ def check_labels(labels: np.ndarray, class_names: Sequence[str], source: str = "
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"{source}: expected a 3D (z, y, x) label volume, got shape {labels.shape}")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"{source}: labels must be integers, got dtype {labels.dtype} "
-                         "(a grey-value image? segment it first)")
     n = len(class_names)
-    if not 1 <= n <= 255 or len(set(class_names)) != n:
-        raise ValueError(f"class_names must be 1..255 distinct names, got {list(class_names)}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= n:
-        bad = np.unique(labels[(labels < 0) | (labels >= n)])[:10].tolist()
-        raise ValueError(f"{source}: label values {bad} outside 0..{n - 1} for class_names "
-                         f"{list(class_names)}; pass label_values to map stored values to phases")
+    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool:  # the dtype error first
+        if not 1 <= n <= 255 or len(set(class_names)) != n:
+            raise ValueError(f"class_names must be 1..255 distinct names, got {list(class_names)}")
+    check_label_values(labels, n, source, allow_float=False, class_names=list(class_names))
     return labels.astype(np.uint8, copy=False)
 
 

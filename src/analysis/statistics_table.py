@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from src.data.io import write_json, write_text
-from src.visualize import save_figure
+from src.data.io.figures import save_figure
 
 __all__ = ["STATISTIC_UNITS", "flatten_statistics", "units", "write_csv_atomic", "write_statistics"]
 

@@ -12,6 +12,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from src.config import resolve_device
+
 __all__ = ["AXIS_NAMES", "percolating_fraction", "tortuosity_factor"]
 
 AXIS_NAMES: tuple[str, ...] = ("z", "y", "x")
@@ -34,16 +36,6 @@ def percolating_fraction(mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) ->
         through = through[through > 0]
         out[AXIS_NAMES[axis]] = float(sizes[through].sum() / total) if total else math.nan
     return out
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} requested but CUDA is not available; use device=cpu")
-    return device
 
 
 def tortuosity_factor(
@@ -74,7 +66,7 @@ def tortuosity_factor(
         return {"tortuosity_factor": math.inf, "relative_diffusivity": 0.0,
                 "volume_fraction": eps, "converged": True, "iterations": 0}
     img = np.ascontiguousarray(np.moveaxis(mask, axis, 0), dtype=np.uint8)
-    solver = taufactor.Solver(img, device=_resolve_device(device))
+    solver = taufactor.Solver(img, device=resolve_device(device))
     with contextlib.redirect_stdout(io.StringIO()):  # taufactor prints progress/warnings
         tau = solver.solve(verbose=False, conv_crit=conv_crit, iter_limit=iter_limit)
     return {

@@ -1,0 +1,1 @@
+"""Data: readers/writers (io/), transforms, datasets, DataModules and data sources."""

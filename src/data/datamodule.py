@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from src.config import to_plain
 from src.data.datasets import EpochSampler, LabelledVolume, RandomPatchDataset, TilePatchDataset, split_region
 from src.data.sources import PathSpec, load_pair, pair_images_labels
-from src.data.transforms import normalize_percentile, training_augmentation
+from src.data.transforms import normalization, normalize_percentile, training_augmentation
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -82,7 +82,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.class_balanced = class_balanced
-        self.normalize = dict(normalize or {"lower": 0.5, "upper": 99.5})
+        self.normalize = normalization(normalize)
         self.augment = dict(augment) if augment is not None else None
         self.prepare = prepare
         self.seed = seed

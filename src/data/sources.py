@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.io.labels import check_label_values
 from src.data.io import list_images, natural_sort_key, read_image, validate_image
 
 _ROLE_SUFFIX = re.compile(r"(_|-)(image|img|grey|gray|label|labels|mask|seg|gt)$", re.IGNORECASE)
@@ -73,7 +74,7 @@ class SyntheticVolumeSet:
     Files ``{split}_s{seed}_image.tif`` / ``_label.tif`` / ``.json`` appear in ``out_dir`` for
     every seed of ``train_seeds`` (split ``train``) and ``test_seeds`` (split ``test``).
     ``microstructure`` and ``imaging`` override fields of
-    :class:`~src.data.synthetic.MicrostructureConfig` and :class:`~src.data.imaging.ImagingConfig`.
+    :class:`~src.simulation.microstructure.MicrostructureConfig` and :class:`~src.simulation.imaging.ImagingConfig`.
     """
 
     out_dir: str | Path
@@ -86,10 +87,10 @@ class SyntheticVolumeSet:
 
     def __call__(self) -> list[dict]:
         """Generate whatever is missing; return the paths of every volume (dicts from
-        :func:`~src.data.synthetic_volumes.make_synthetic_volume`)."""
-        from src.data.imaging import ImagingConfig
-        from src.data.synthetic import MicrostructureConfig
-        from src.data.synthetic_volumes import make_synthetic_volume
+        :func:`~src.simulation.electrode_volumes.make_synthetic_volume`)."""
+        from src.simulation.imaging import ImagingConfig
+        from src.simulation.microstructure import MicrostructureConfig
+        from src.simulation.electrode_volumes import make_synthetic_volume
 
         micro = MicrostructureConfig(shape=tuple(int(s) for s in self.shape), **dict(self.microstructure))
         imaging = ImagingConfig(**dict(self.imaging))
@@ -102,22 +103,6 @@ class SyntheticVolumeSet:
                     )
                 )
         return out
-
-
-def check_label_values(label: np.ndarray, num_classes: int, path: Path | str) -> None:
-    """Raise ValueError naming ``path`` when ``label`` is not integral or holds values outside
-    ``0 … num_classes - 1``."""
-    if not (np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.bool_)):
-        if not np.all(np.mod(label, 1) == 0):
-            raise ValueError(f"{path}: labels must be integers 0..{num_classes - 1}, got dtype {label.dtype} with fractional values")
-    lo, hi = label.min(), label.max()
-    if lo < 0 or hi >= num_classes:
-        values = np.unique(label)
-        bad = values[(values < 0) | (values >= num_classes)]
-        raise ValueError(
-            f"{path}: label values {bad[:10].tolist()} are outside the configured phases "
-            f"0..{num_classes - 1} ({num_classes} classes)"
-        )
 
 
 def load_pair(

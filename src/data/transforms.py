@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from monai import transforms as mt
 
 #: most voxels used to estimate percentiles; larger images are sampled with a regular stride
 PERCENTILE_SAMPLE = 2_000_000
+#: the default normalisation: these grey-value percentiles map to 0 and 1
+DEFAULT_NORMALIZE: dict[str, float] = {"lower": 0.5, "upper": 99.5}
+
+
+def normalization(*choices: Mapping[str, float] | None) -> dict[str, float]:
+    """The first normalisation given, else :data:`DEFAULT_NORMALIZE`.
+
+    Args:
+        choices: ``{lower, upper}`` percentiles or None, in order of precedence (e.g. the
+            command's setting, then the checkpoint's).
+
+    Returns:
+        ``{"lower": ..., "upper": ...}`` percentiles.
+    """
+    for choice in choices:
+        if choice:
+            return dict(choice)
+    return dict(DEFAULT_NORMALIZE)
 
 
 def percentile_range(
-    image: np.ndarray, lower: float = 0.5, upper: float = 99.5, max_samples: int = PERCENTILE_SAMPLE
+    image: np.ndarray, lower: float = DEFAULT_NORMALIZE["lower"], upper: float = DEFAULT_NORMALIZE["upper"], max_samples: int = PERCENTILE_SAMPLE
 ) -> tuple[float, float]:
     """Grey values at the ``lower`` and ``upper`` percentiles of ``image`` (any shape).
 
@@ -31,7 +51,7 @@ def percentile_range(
 
 
 def normalize_percentile(
-    image: np.ndarray, lower: float = 0.5, upper: float = 99.5, value_range: tuple[float, float] | None = None
+    image: np.ndarray, lower: float = DEFAULT_NORMALIZE["lower"], upper: float = DEFAULT_NORMALIZE["upper"], value_range: tuple[float, float] | None = None
 ) -> np.ndarray:
     """Map grey values so the ``lower``/``upper`` percentiles become 0/1 (float32, not clipped).
 

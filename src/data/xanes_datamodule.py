@@ -1,6 +1,6 @@
 """Simulated XANES spectro-tomography for the CNNs: ``python train.py data=xanes model=xanes_edge``.
 
-Each volume (seeded, :mod:`src.data.xanes_simulator`) gives 2D z-slices of
+Each volume (seeded, :mod:`src.simulation.xanes_scan`) gives 2D z-slices of
 
 * ``input``: the measured stack at the *input* energies, ``(E_in, H, W)``, divided by
   ``input_scale``; with a reduced scan (``n_input_energies`` < the full scan) the photons per
@@ -28,10 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.config import to_plain
-from src.data.imaging import ImagingConfig
+from src.simulation.imaging import ImagingConfig
 from src.data.io import atomic_output, to_jsonable
-from src.data.synthetic import MicrostructureConfig, generate_microstructure
-from src.data.xanes_simulator import (
+from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
+from src.simulation.xanes_scan import (
     XanesSimConfig,
     load_end_members,
     reduced_energy_indices,
@@ -114,7 +114,7 @@ class XanesDataModule(pl.LightningDataModule):
         train_seeds, val_seeds: volumes for training and validation (disjoint).
         photons: photons per pixel and energy of the full scan (total dose = this × E).
         n_input_energies: energies fed to the net (None: the full scan; else a reduced scan of
-            :func:`~src.data.xanes_simulator.reduced_energy_indices` at equal total dose).
+            :func:`~src.simulation.xanes_scan.reduced_energy_indices` at equal total dose).
         target: ``"edge"`` or ``"clean"`` (the latter also simulates noiseless stacks).
         crop: training window side; ``samples_per_epoch``; ``batch_size``; ``num_workers``.
         input_scale: stacks are divided by it (about the NMC absorption per voxel).

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.volumes import VolumeSource
+from src.data.io.volumes import VolumeSource
 from src.inference.fusion import fold_batch_norm
 from src.inference.receptive_field import exact_halo
 

@@ -18,13 +18,13 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from src.data.io import write_json
-from src.data.volumes import (
+from src.data.io.volumes import (
     MemoryOutput,
     VolumeOutput,
     VolumeSource,
@@ -35,7 +35,9 @@ from src.data.volumes import (
     output_kind,
     remove_output,
 )
-from src.inference.tiled import TiledPredictor
+
+if TYPE_CHECKING:  # for annotations only: tiled.py calls predict_volume
+    from src.inference.tiled import TiledPredictor
 
 log = logging.getLogger(__name__)
 

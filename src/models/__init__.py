@@ -1,0 +1,1 @@
+"""Networks (nets/, pure torch), the LightningModules of each task and the checkpoint loader."""

@@ -1,13 +1,17 @@
-"""Loading trained segmentation checkpoints with clear errors."""
+"""The one loader of trained checkpoints (segmentation, reconstruction, XANES), with clear errors."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from src.models.segmentation_module import SegmentationModule
+from src.models.base import TaskModule, current_target
+from src.models.reconstruction import ReconstructionModule
+from src.models.segmentation import SegmentationModule
+from src.models.spectral import XanesModule
 
 
 class CheckpointError(ValueError):
@@ -32,57 +36,138 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_segmentation_checkpoint(
-    path: str | Path, expected_model: str | None = None, map_location: str = "cpu"
-) -> tuple[SegmentationModule, dict[str, Any]]:
-    """Rebuild the trained module from ``path``; also return the data settings it was trained
-    with (``datamodule_hyper_parameters``: normalisation percentiles, spatial dims, ...).
+#: the task modules by the ``kind`` they write into their checkpoints
+MODULES: dict[str, type[TaskModule]] = {
+    SegmentationModule.kind: SegmentationModule,
+    ReconstructionModule.kind: ReconstructionModule,
+    XanesModule.kind: XanesModule,
+}
 
-    Raises :class:`CheckpointError` when the file does not exist, is not a segmentation
-    checkpoint of this project, holds another model than ``expected_model`` (a model name such
-    as ``lrcsnet``), or its weights do not fit the stored network.
+
+def _net_target(hparams: dict[str, Any]) -> str:
+    net = hparams.get("net") if isinstance(hparams, dict) else None
+    return current_target(net.get("_target_", "")) if isinstance(net, dict) else ""
+
+
+def _kind_of(ckpt: dict[str, Any]) -> str | None:
+    """The ``kind`` a checkpoint stores; for older checkpoints (without one) the kind their
+    hyperparameters show: a reconstruction net, XANES ``task``/``scan_energies``, or phases."""
+    if ckpt.get("kind") in MODULES:
+        return ckpt["kind"]
+    hparams = ckpt.get("hyper_parameters", {})
+    if not isinstance(hparams, dict):
+        return None
+    if _net_target(hparams).startswith("src.models.nets.reconstruction."):
+        return "reconstruction"
+    if "scan_energies" in hparams and "task" in hparams:
+        return "xanes"
+    if "class_names" in hparams:
+        return "segmentation"
+    return None
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """The kind of the checkpoint at ``path``.
+
+    Args:
+        path: a checkpoint file.
+
+    Returns:
+        ``"segmentation"``, ``"reconstruction"`` or ``"xanes"``.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or not a checkpoint of this project.
+    """
+    path = Path(path)
+    kind = _kind_of(read_checkpoint(path))
+    if kind is None:
+        raise CheckpointError(
+            f"checkpoint {path} is not a segmentation or reconstruction checkpoint of this project "
+            "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
+        )
+    return kind
+
+
+def load_checkpoint(
+    path: str | Path, kind: str | None = None, expected_model: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[TaskModule, dict[str, Any]]:
+    """Rebuild a trained task module from its checkpoint, today's or one saved before the layout
+    of issue 14 (old net class paths map to the new ones).
+
+    The module is built from its own ``__init__`` signature (the stored hyperparameters it
+    accepts), its weights loaded strictly, and put in eval mode on ``map_location``.
+
+    Args:
+        path: the checkpoint file.
+        kind: ``"segmentation"``, ``"reconstruction"`` or ``"xanes"`` to require one; None: any.
+        expected_model: a model name (e.g. ``"lrcsnet"``) the checkpoint must hold, or None.
+        map_location: device of the weights and the module.
+
+    Returns:
+        ``(module, data_hparams)``: the module and the data settings it was trained with
+        (``datamodule_hyper_parameters``: normalisation, spatial dims, image size, ...).
+
+    Raises:
+        CheckpointError: the file does not exist, cannot be read, is not a checkpoint of
+            this project or of ``kind``, holds another model than ``expected_model``, or its
+            weights do not fit the stored network.
     """
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
     hparams = ckpt.get("hyper_parameters", {})
-    if "state_dict" not in ckpt or "net" not in hparams or "class_names" not in hparams:
-        raise CheckpointError(
-            f"checkpoint {path} is not a segmentation checkpoint of this project "
-            "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
-        )
+    found = _kind_of(ckpt)
+    if kind is not None and kind not in MODULES:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {sorted(MODULES)}")
+    if "state_dict" not in ckpt or "net" not in hparams or found is None or (kind and found != kind):
+        raise CheckpointError(f"checkpoint {path} is not a {NOT_A[kind or 'any']} of this project "
+                              f"({EXPECTED[kind or 'any']}; model.net._target_ = {_net_target(hparams) or '?'})")
     name = hparams.get("name", "?")
-    target = hparams["net"].get("_target_", "?") if isinstance(hparams["net"], dict) else "?"
+    target = _net_target(hparams) or "?"
     if expected_model is not None and expected_model != name:
         raise CheckpointError(
             f"checkpoint {path} holds model '{name}' ({target}), but model_name={expected_model} was asked"
         )
+    cls = MODULES[found]
+    if isinstance(hparams["net"], dict) and "_target_" in hparams["net"]:  # a class that moved
+        hparams = {**hparams, "net": {**hparams["net"], "_target_": target}}
+    accepted = inspect.signature(cls.__init__).parameters
     try:
-        module = SegmentationModule(**{k: v for k, v in hparams.items() if k in
-                                       ("net", "class_names", "loss", "optimizer", "scheduler", "inference", "name")})
+        module = cls(**{k: v for k, v in hparams.items() if k in accepted})
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path}: weights do not fit model '{name}' ({target}): {err}") from err
     module.eval()
-    return module, dict(ckpt.get("datamodule_hyper_parameters", {}))
+    return module.to(map_location), dict(ckpt.get("datamodule_hyper_parameters", {}))
 
 
-def checkpoint_kind(path: str | Path) -> str:
-    """``"segmentation"`` or ``"reconstruction"``, from the network the checkpoint stores.
+NOT_A = {"segmentation": "segmentation checkpoint", "reconstruction": "learned-reconstruction checkpoint",
+         "xanes": "XANES checkpoint", "any": "checkpoint"}
+EXPECTED = {"segmentation": "expected hyper_parameters with 'net' and 'class_names' and a state_dict",
+            "reconstruction": "expected a net of src.models.nets.reconstruction and a state_dict",
+            "xanes": "expected hyper_parameters with 'net', 'task' and 'scan_energies' and a state_dict",
+            "any": "expected hyper_parameters with 'net' and a state_dict"}
 
-    Raises :class:`CheckpointError` for a missing or unreadable file or an unknown kind.
-    """
-    path = Path(path)
-    hparams = read_checkpoint(path).get("hyper_parameters", {})
-    net = hparams.get("net") if isinstance(hparams, dict) else None
-    target = net.get("_target_", "") if isinstance(net, dict) else ""
-    if target.startswith("src.models.recon_nets."):
-        return "reconstruction"
-    if "class_names" in hparams:
-        return "segmentation"
-    raise CheckpointError(
-        f"checkpoint {path} is not a segmentation or reconstruction checkpoint of this project "
-        "(expected hyper_parameters with 'net' and 'class_names' and a state_dict)"
-    )
+
+def load_segmentation_checkpoint(
+    path: str | Path, expected_model: str | None = None, map_location: str | torch.device = "cpu",
+) -> tuple[SegmentationModule, dict[str, Any]]:
+    """:func:`load_checkpoint` of a segmentation checkpoint (see there)."""
+    return load_checkpoint(path, "segmentation", expected_model, map_location)  # type: ignore[return-value]
+
+
+def load_reconstruction_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu",
+) -> tuple[ReconstructionModule, dict[str, Any]]:
+    """:func:`load_checkpoint` of a learned-reconstruction checkpoint (see there)."""
+    return load_checkpoint(path, "reconstruction", None, map_location)  # type: ignore[return-value]
+
+
+def load_xanes_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu",
+) -> tuple[XanesModule, dict[str, Any]]:
+    """:func:`load_checkpoint` of a XANES checkpoint (denoiser or edge-energy net; see there)."""
+    return load_checkpoint(path, "xanes", None, map_location)  # type: ignore[return-value]
 
 
 def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: str = "net.") -> int:

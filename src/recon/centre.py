@@ -66,9 +66,12 @@ def find_center_vo(
 
     Args:
         tomo: ``(angles, rows, cols)`` projections over [0, pi) or one sinogram
-            ``(angles, cols)``; ``ind`` picks the row (default the middle one).
-        smin, smax: coarse search range, pixels from the detector middle (step 0.5).
-        srad, step: fine search radius and step around the coarse minimum, pixels.
+            ``(angles, cols)``.
+        ind: the row of ``tomo`` to search on (default the middle one).
+        smin: start of the coarse search range, pixels from the detector middle (step 0.5).
+        smax: end of the coarse search range, pixels from the detector middle.
+        srad: fine search radius around the coarse minimum, pixels.
+        step: fine search step, pixels.
         ratio: object diameter / detector width (sets the wedge).
         drop: angular-frequency rows around zero ignored by the metric.
 

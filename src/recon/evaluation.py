@@ -152,7 +152,7 @@ def compare_on_held_out(
     tv_lams: Sequence[float] = (0.3, 1.0, 3.0, 10.0),
 ) -> list[dict[str, float | str]]:
     """FBP (ramp, Hann), SIRT, TV (PDHG) and the ``learned`` modules on the held-out slices of a
-    :class:`~src.data.sinograms.SinogramDataModule`; rows of :func:`compare_methods`.
+    :class:`~src.data.sinogram_datamodule.SinogramDataModule`; rows of :func:`compare_methods`.
 
     The TV weight is chosen among ``tv_lams`` on 8 training slices (never the held-out ones).
     Learned modules get the datamodule's projector (same geometry, shared weights).

@@ -1,0 +1,1 @@
+"""Pure-torch networks: LRCS-Net, U-Net, learned reconstruction and XANES nets."""

@@ -1,0 +1,1 @@
+"""Simulated electrodes: microstructure, TXM imaging, evolution series, XANES scans, sinograms."""

@@ -1,0 +1,1 @@
+"""Training support: callbacks, experiment tracking, sweeps and run comparison."""

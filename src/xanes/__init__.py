@@ -1,0 +1,1 @@
+"""XANES: edge analysis, chemical maps, energy alignment and the per-spectrum reference loop."""
