@@ -46,7 +46,9 @@ ALLOWED = [
     ("git", "clone"),
     ("cd",),
 ]
-HYDRA_FLAGS_DROPPED = {"-m", "--multirun"}
+# Hydra's own flags: dropped before composing (those with a value drop it too)
+HYDRA_FLAGS_DROPPED = {"-m", "--multirun", "--resolve", "--help", "-h", "--hydra-help"}
+HYDRA_FLAGS_WITH_VALUE = {"--cfg": {"job", "hydra", "all"}, "-c": {"job", "hydra", "all"}}
 PLACEHOLDER = "X"
 
 
@@ -289,6 +291,11 @@ def check_hydra(cmd: Command, config_name: str, args: list[str]) -> None:
             continue
         if a in {"--config-name", "-cn"}:
             config_name = next(it)
+            continue
+        if a in HYDRA_FLAGS_WITH_VALUE:
+            value = next(it, None)
+            if value not in HYDRA_FLAGS_WITH_VALUE[a]:
+                raise DocCommandError(f"{cmd.where}: {a} {value}: not one of {sorted(HYDRA_FLAGS_WITH_VALUE[a])}")
             continue
         if a.startswith("-"):
             raise DocCommandError(f"{cmd.where}: unexpected flag {a!r} for a Hydra command: {cmd.text}")
