@@ -22,6 +22,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -388,8 +389,6 @@ def check_commands(commands: list[Command]) -> dict[str, int]:
             argparse_jobs.setdefault((p[1], p[2]), []).append((cmd, [a for a in p[3] if a != "..."]))
     # start the argparse subprocesses first, compose the Hydra commands while they run
     results_box = {}
-    import threading
-
     thread = threading.Thread(target=lambda: results_box.update(
         run_argparse_checks({k: [argv for _, argv in v] for k, v in argparse_jobs.items()})))
     thread.start()
