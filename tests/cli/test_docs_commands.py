@@ -437,7 +437,7 @@ python train.py model=no_such_model
 python train.py -m model=unet,no_such_model
 make no-such-target
 make train NO_SUCH_VAR=1
-python benchmarks/few_labels.py --no-such-flag 3
+python benchmarks/few_labels.py --data-dir d --no-such-flag 3
 python no_such_script.py
 frobnicate --all
 ```
@@ -451,9 +451,21 @@ output line that is not a command
 
 def test_checker_fails_on_stale_commands():
     commands = extract_commands(FAKE_DOC, "fake.md")
-    assert len(commands) == 10
-    for cmd in commands:
-        with pytest.raises(DocCommandError):
+    expected = [  # why each one fails (fenced blocks first, then the inline span)
+        "Could not override 'model.no_such_key'",
+        "no_such_model",
+        "no_such_model",
+        "no Makefile target 'no-such-target'",
+        "NO_SUCH_VAR is not a Makefile variable",
+        "unrecognized arguments: --no-such-flag",
+        "no_such_script.py does not exist",
+        "not in the allow-list",
+        "Could not override 'no_such_key'",
+        "Could not override 'model.no_such_key'",
+    ]
+    assert len(commands) == len(expected)
+    for cmd, why in zip(commands, expected, strict=True):
+        with pytest.raises(DocCommandError, match=re.escape(why)):
             check_commands([cmd])
 
 
