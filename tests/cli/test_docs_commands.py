@@ -5,7 +5,8 @@ or ``make``) are parsed; each command line is checked without running it:
 
 * Hydra commands (``train.py``, ``evaluate.py``, ..., ``python -m src.data.prepare``): the
   overrides are composed with the script's own config (``@hydra.main(config_name=...)``) through
-  ``src.config.compose_config``, so a misspelled key or group option fails here;
+  ``src.config.compose_config``, so a misspelled key or group option fails here, and so does a
+  mandatory value (``???``) left unset (unless the line shows ``...`` for the rest);
 * argparse scripts (``benchmarks/*.py``, ``python -m src.<module>``): the real parser of the
   script parses the arguments (in a subprocess, one per script, that stops at ``parse_args``);
 * ``make X``: X is a target of the Makefile (and ``VAR=`` a Makefile variable);
@@ -301,12 +302,32 @@ def check_hydra(cmd: Command, config_name: str, args: list[str]) -> None:
         if a.startswith("-"):
             raise DocCommandError(f"{cmd.where}: unexpected flag {a!r} for a Hydra command: {cmd.text}")
         overrides.append(a)
+    partial = "..." in args  # `python predict.py ... rank=1`: the rest as in the lines above
     try:
         for variant in _expand_sweeps(overrides):
-            compose_config(config_name, variant)
+            cfg = compose_config(config_name, variant)
     except Exception as e:  # composition errors come as several Hydra/OmegaConf types
         raise DocCommandError(f"{cmd.where}: `{cmd.text}` does not compose with conf/{config_name}.yaml: "
                               f"{type(e).__name__}: {e}") from e
+    missing = [] if partial else _missing_values(cfg)
+    if missing:
+        raise DocCommandError(f"{cmd.where}: `{cmd.text}` leaves mandatory values of conf/{config_name}.yaml "
+                              f"unset: {', '.join(missing)}")
+
+
+def _missing_values(node, prefix: str = "") -> list[str]:
+    """Keys still at ``???`` (without resolving interpolations, which need a running Hydra)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    out = []
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            out.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_interpolation():
+            out += _missing_values(child, f"{prefix}{key}.")
+    return out
 
 
 def check_make(cmd: Command) -> None:
@@ -440,6 +461,7 @@ make train NO_SUCH_VAR=1
 python benchmarks/few_labels.py --data-dir d --no-such-flag 3
 python no_such_script.py
 frobnicate --all
+python predict.py input=scan.tif output=seg.zarr
 ```
 
 ```console
@@ -460,6 +482,7 @@ def test_checker_fails_on_stale_commands():
         "unrecognized arguments: --no-such-flag",
         "no_such_script.py does not exist",
         "not in the allow-list",
+        "unset: ckpt_path",
         "Could not override 'no_such_key'",
         "Could not override 'model.no_such_key'",
     ]
