@@ -4,7 +4,9 @@
 Every volume is read and checked (3D, integer labels, values known) before anything is
 computed, and all outputs are written at the end, each atomically: ``stats.csv`` (one row per
 volume, columns ``<statistic>/<phase>``), ``stats.json`` (nested results, per-particle lists,
-histograms, settings), ``units.json`` (unit and meaning per column) and ``stats.png``.
+histograms, settings), ``units.json`` (unit and meaning per column) and ``stats.png``; with
+``model_parameters=true`` also ``<volume>_pybamm.json`` / ``<volume>_pybamm.py``, the PyBaMM
+parameter set of each electrode volume.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from src.analysis.model_parameters import electrode_parameters, write_parameter_set
 from src.analysis.morphology import check_voxel_size, compute_statistics, load_label_volume
 from src.analysis.statistics_table import write_statistics
 from src.config import CONFIG_DIR, setup_config_env
@@ -46,6 +49,12 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         stats["source"] = str(Path(path).resolve())
         results[name] = stats
         log.info("  done in %.1f s", sum(stats["timings_s"].values()))
+        if cfg.model_parameters:
+            e = cfg.electrode
+            params = electrode_parameters(stats, active_phase=str(e.active_phase), pore_phase=str(e.pore_phase),
+                                          electrode=str(e.side), axis=int(e.axis))
+            for path_out in write_parameter_set(params, Path(cfg.output_dir), f"{name}_pybamm"):
+                log.info("  PyBaMM parameters: %s", path_out)
     write_statistics(Path(cfg.output_dir), results, class_names, voxel_nm, options, label_values, cfg.figure)
     log.info("statistics of %d volume(s) written to %s", len(results), cfg.output_dir)
     return results
