@@ -9,8 +9,11 @@ Default volume: ``../shared/data/electrode-volumes/taufactor_electrode.tiff`` (0
 labels: porespy ``phase_fraction`` (volume fraction), taufactor ``specific_surface_area``
 (marching cubes, SSA), porespy ``snow_partitioning`` (particle separation: count),
 porespy ``trim_nonpercolating_paths`` (connectivity along z), porespy ``local_thickness``
-(``method="dt"``; ours uses its default ``"bf"``: mean thickness), ``taufactor.Solver`` called directly (tortuosity).
-Prints (statistic, ours s, peer s, ratio, value ours, value peer) and the total.
+(``method="dt"``; ours uses its default ``"bf"``: mean thickness), ``taufactor.Solver`` called
+directly (tortuosity of the pore and of the solid network NMC+CBD; ours: AMG-preconditioned CG).
+Prints (statistic, ours s, peer s, ratio, value ours, value peer), the total, and the time of
+one ``compute_statistics`` call with the defaults of ``conf/statistics/default.yaml`` (what
+``analyze.py`` runs), the time of each statistic in it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from src.analysis.morphology import (
+    compute_statistics,
     local_thickness,
     particle_statistics,
     remap_labels,
@@ -36,6 +40,7 @@ from src.analysis.morphology import (
 from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_factor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "electrode-volumes"
+CONFIG = Path(__file__).resolve().parents[1] / "conf"
 PHASES = ["NMC", "CBD", "pore"]
 
 
@@ -66,9 +71,12 @@ def main() -> None:
     parser.add_argument("--label-values", default="85,170,0", help="stored values of NMC,CBD,pore")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--voxel-size-nm", type=float, default=40.0)
-    parser.add_argument("--tortuosity-phases", default="pore", help="comma list; '' skips")
+    parser.add_argument("--tortuosity-phases", default="pore,NMC+CBD",
+                        help="comma list of phases or unions (NMC+CBD: the solid network); '' skips")
     parser.add_argument("--tortuosity-axes", default="0", help="comma list of 0 (z), 1 (y), 2 (x)")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--skip-default", action="store_true",
+                        help="skip the timing of all default statistics in one compute_statistics call")
     args = parser.parse_args()
     import porespy
     import taufactor
@@ -113,6 +121,8 @@ def main() -> None:
         lambda: porespy.filters.local_thickness(masks["pore"], method="dt"),
         lambda v: f"{v['mean_um']:.4g}", lambda v: f"{2 * v[masks['pore']].mean() * um:.4g}")
     for name in filter(None, args.tortuosity_phases.split(",")):
+        if name not in masks:
+            masks[name] = np.isin(labels, [PHASES.index(part) for part in name.split("+")])
         for axis in (int(a) for a in args.tortuosity_axes.split(",")):
             def peer(m: np.ndarray = masks[name], a: int = axis) -> float:
                 solver = taufactor.Solver(np.moveaxis(m, a, 0).astype(np.uint8), device="cpu")
@@ -126,7 +136,17 @@ def main() -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for name, t_ours, t_peer, v_ours, v_peer in rows:
         print(f"{name:38s} {t_ours:8.2f} {t_peer:8.2f} {t_ours / t_peer:6.2f}  {v_ours} | {v_peer}")
-    print(f"{'total':38s} {sum(r[1] for r in rows):8.2f} {np.nansum([r[2] for r in rows]):8.2f}")
+    print(f"{'total (one at a time)':38s} {sum(r[1] for r in rows):8.2f} {np.nansum([r[2] for r in rows]):8.2f}")
+    if not args.skip_default:
+        from omegaconf import OmegaConf
+
+        options = OmegaConf.to_container(OmegaConf.load(CONFIG / "statistics" / "default.yaml"), resolve=True)
+        start = time.perf_counter()
+        stats = compute_statistics(labels, PHASES, args.voxel_size_nm, **options)
+        total = time.perf_counter() - start
+        each = ", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items())
+        print(f"{'all default statistics (analyze.py)':38s} {total:8.2f}  ({each}; the tortuosity pairs "
+              f"solved in parallel processes)")
 
 
 if __name__ == "__main__":

@@ -225,7 +225,8 @@ def _solve_one(args: tuple) -> dict:
 
 
 def tortuosity_many(
-    tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None, **kwargs: Any,
+    tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None,
+    min_parallel_voxels: int = 100**3, **kwargs: Any,
 ) -> list[dict[str, float | bool | int]]:
     """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes on
     the CPU (each solve is single-threaded) when there are several large ones.
@@ -233,6 +234,8 @@ def tortuosity_many(
     Args:
         tasks: ``(mask, axis)`` pairs, masks bool (z, y, x).
         workers: processes (None: one per CPU core, at most one per task); 1 = in this process.
+        min_parallel_voxels: smaller masks are solved in this process (starting a process
+            costs more than their solve).
         **kwargs: keyword arguments of :func:`tortuosity_factor`.
 
     Returns:
@@ -241,9 +244,11 @@ def tortuosity_many(
     n = len(tasks)
     workers = min(workers or os.cpu_count() or 1, n) if n else 1
     on_gpu = kwargs.get("device", "cpu") != "cpu" and kwargs.get("solver", "auto") != "amg"
-    small = all(m.size < 64**3 for m, _ in tasks)
+    small = all(m.size < min_parallel_voxels for m, _ in tasks)
     if workers <= 1 or on_gpu or small:
         return [tortuosity_factor(m, a, **kwargs) for m, a in tasks]
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    # fork: the children only run numpy/scipy/pyamg (no OpenMP, no torch), and start in ms
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         return list(pool.map(_solve_one, [(m, a, kwargs) for m, a in tasks]))
