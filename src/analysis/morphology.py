@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
-from src.analysis.surfaces import SURFACE_SIGMA, phase_surface
+from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface
 from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_many
 from src.data.io import read_image
 
@@ -103,8 +103,16 @@ def surface_statistics(
     """
     n = len(class_names)
     surfaces = [phase_surface(labels, i, n, sigma) for i in range(n)]
-    total_um3 = labels.size * voxel_um**3
-    counts = np.bincount(labels.ravel(), minlength=n)
+    return surface_table(surfaces, np.bincount(labels.ravel(), minlength=n), class_names, voxel_um)
+
+
+def surface_table(
+    surfaces: Sequence[PhaseSurface], counts: np.ndarray, class_names: Sequence[str], voxel_um: float
+) -> dict[str, Any]:
+    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface` (voxel
+    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume)."""
+    n = len(class_names)
+    total_um3 = float(np.sum(counts)) * voxel_um**3
     area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
     out: dict[str, Any] = {
         "surface_area_um2": area,
