@@ -38,6 +38,8 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
         raise ValueError(f"volumes {cfg.volumes!r} give duplicate names {names}; rename them")
+    if cfg.chunked.enabled:
+        return _analyze_chunked(cfg, paths, names, class_names, label_values, float(voxel_nm))
     for path in paths:  # check every input before computing or writing anything
         load_label_volume(path, class_names, label_values)
     results: dict[str, dict[str, Any]] = {}
@@ -57,6 +59,28 @@ def analyze(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                 log.info("  PyBaMM parameters: %s", path_out)
     write_statistics(Path(cfg.output_dir), results, class_names, voxel_nm, options, label_values, cfg.figure)
     log.info("statistics of %d volume(s) written to %s", len(results), cfg.output_dir)
+    return results
+
+
+def _analyze_chunked(cfg: DictConfig, paths: list[Path], names: list[str], class_names: list[str],
+                     label_values: list[int] | None, voxel_nm: float) -> dict[str, dict[str, Any]]:
+    """``chunked.enabled=true``: volumes larger than memory, read and analysed chunk by chunk."""
+    from src.analysis.chunked import chunked_statistics
+
+    c = cfg.chunked
+    results: dict[str, dict[str, Any]] = {}
+    for path, name in zip(paths, names, strict=True):
+        log.info("analysing %s chunk by chunk (chunk %d, %s)", path, int(c.chunk),
+                 f"cluster {c.cluster}" if c.cluster else "threads")
+        stats = chunked_statistics(
+            path, class_names, voxel_nm, label_values=label_values, chunk=int(c.chunk),
+            particle_phase=cfg.statistics.particle_phase, thickness_phases=list(cfg.statistics.thickness_phases or []),
+            rev_phases=list(c.rev_phases or []), rev_axis=int(c.rev_axis), surface_sigma=float(cfg.statistics.surface_sigma),
+            cluster=c.cluster, workdir=cfg.output_dir)
+        results[name] = stats
+    options = OmegaConf.to_container(cfg.chunked, resolve=True)
+    write_statistics(Path(cfg.output_dir), results, class_names, voxel_nm, options, label_values, False)
+    log.info("chunked statistics of %d volume(s) written to %s", len(results), cfg.output_dir)
     return results
 
 

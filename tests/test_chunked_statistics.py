@@ -37,8 +37,10 @@ def _check(labels, stats):
     got = stats["components"]["NMC"]
     assert got["count"] == count
     assert sorted(got["voxels"]) == sorted(sizes.tolist())
-    lt = local_thickness(labels == 2, 0.04)
-    assert stats["local_thickness"]["pore"]["mean_um"] == pytest.approx(lt["mean_um"], rel=1e-6)
+    if stats["local_thickness"]:
+        lt = local_thickness(labels == 2, 0.04)
+        assert stats["local_thickness"]["pore"]["mean_um"] == pytest.approx(lt["mean_um"], rel=1e-6)
+        assert stats["local_thickness"]["pore"]["d50_um"] == pytest.approx(lt["d50_um"], rel=1e-6)
 
 
 def test_chunked_equals_in_memory_on_threads(volume, tmp_path):
@@ -53,13 +55,14 @@ def test_chunked_equals_in_memory_on_threads(volume, tmp_path):
     assert rev["tortuosity_factor"][-1] == pytest.approx(tortuosity_factor(cube, 0)["tortuosity_factor"])
 
 
+@pytest.mark.slow
 def test_chunked_equals_in_memory_on_a_local_cluster(volume, tmp_path):
     distributed = pytest.importorskip("distributed")
     labels, path = volume
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=16, rev_phases=[],
-                                   cluster=cluster.scheduler_address, workdir=tmp_path)
+                                   thickness_phases=[], cluster=cluster.scheduler_address, workdir=tmp_path)
     _check(labels, stats)
 
 
@@ -93,3 +96,21 @@ def test_rev_curve_plateau_on_straight_channels():
     rev = rev_tortuosity(labels, [2], 0, [10, 20, 40])
     assert rev["tortuosity_factor"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-3)
     assert rev["plateau"] and not math.isnan(rev["relative_change"])
+
+
+def test_analyze_command_chunked(volume, tmp_path):
+    import csv
+
+    import analyze
+    from tests.conftest import compose
+
+    labels, path = volume
+    out = tmp_path / "out"
+    cfg = compose("analyze", [f"volumes={path}", "voxel_size_nm=40", "label_values=[85,170,0]",
+                              f"output_dir={out}", "chunked.enabled=true", "chunked.chunk=16",
+                              "statistics.thickness_phases=[]", "chunked.rev_phases=[]"])
+    analyze.analyze(cfg)
+    with open(out / "stats.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["volume_fraction/NMC"]) == pytest.approx(np.mean(labels == 0))
+    assert int(float(row["component_count/NMC"])) == ndimage.label(labels == 0)[1]

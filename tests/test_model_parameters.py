@@ -8,7 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from src.analysis.model_parameters import bruggeman_exponent, electrode_parameters, write_parameter_set
+from src.analysis.model_parameters import (
+    bruggeman_exponent,
+    electrode_parameters,
+    write_parameter_set,
+)
 from src.analysis.morphology import compute_statistics
 from src.data.synthetic import MicrostructureConfig, generate_microstructure
 
