@@ -264,3 +264,17 @@ def test_default_tortuosity_is_pore_and_solid_network():
     assert set(no_pore["tortuosity"]) == {"a", "b", "c"}
     with pytest.raises(ValueError, match="entry 'NMC\\+glue': phase='glue' is not one of"):
         compute_statistics(lab, PHASES, 40, tortuosity_phases=["NMC+glue"])
+
+
+def test_absent_phase_gets_a_message_per_statistic(caplog):
+    lab = blob_labels((20, 22, 24), seed=5)
+    lab[lab == 1] = 0  # no CBD
+    with caplog.at_level("WARNING"):
+        stats = compute_statistics(lab, PHASES, 40, particle_phase=None, thickness_phases=[], axes=(0,),
+                                   tortuosity_phases=["pore", "CBD"])
+    notes = stats["notes"]
+    assert any("'CBD' is absent" in n and "surface" in n for n in notes)
+    assert any("'CBD' is absent" in n and "connectivity" in n for n in notes)
+    assert any("tortuosity of 'CBD'" in n for n in notes)
+    assert not any("'pore'" in n or "'NMC'" in n for n in notes)
+    assert "tortuosity of 'CBD'" in caplog.text

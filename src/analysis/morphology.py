@@ -217,6 +217,27 @@ def _phase_index(class_names: Sequence[str], name: str, what: str) -> int:
     return list(class_names).index(name)
 
 
+def absent_phase_notes(
+    fractions: Mapping[str, float], particle_phase: str | None, tortuosity_phases: Sequence[str],
+    thickness_phases: Sequence[str],
+) -> list[str]:
+    """One message per statistic that a phase absent from the volume leaves undefined (its
+    values are then NaN or inf for that reason, said in the log and in ``stats.json``)."""
+    notes = []
+    for name, fraction in fractions.items():
+        if fraction > 0:
+            continue
+        undefined = ["surface area, surface-to-volume and interfaces", "connectivity"]
+        if name == particle_phase:
+            undefined.append("particle sizes, sphericity and crack porosity")
+        if name in thickness_phases:
+            undefined.append("local thickness")
+        notes += [f"phase {name!r} is absent from the volume (0 voxels): its {what} is not defined"
+                  for what in undefined]
+    notes += [f"tortuosity of {name!r}: the phase is absent, tau is infinite" for name in tortuosity_phases]
+    return notes
+
+
 def compute_statistics(
     labels: np.ndarray,
     class_names: Sequence[str],
@@ -295,6 +316,13 @@ def compute_statistics(
         return result
 
     stats["volume_fraction"] = timed("volume_fraction", lambda: volume_fractions(labels, class_names))
+    stats["notes"] = absent_phase_notes(stats["volume_fraction"], particle_phase,
+                                        [n for n in tort_members if all(
+                                            stats["volume_fraction"][class_names[i]] == 0
+                                            for i in tort_members[n])] if tortuosity else [],
+                                        thickness_phases)
+    for note in stats["notes"]:
+        log.warning(note)
     stats["surfaces"] = timed("surfaces", lambda: surface_statistics(labels, class_names, voxel_um,
                                                                      surface_sigma))
     if particle_phase is not None:
