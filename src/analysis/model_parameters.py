@@ -27,7 +27,7 @@ from typing import Any
 
 from src.data.io import write_json, write_text
 
-__all__ = ["bruggeman_exponent", "electrode_parameters", "write_parameter_set"]
+__all__ = ["bruggeman_exponent", "electrode_parameters", "parameter_series", "write_parameter_set"]
 
 _PREFIX = {"positive": "Positive", "negative": "Negative"}
 
@@ -166,3 +166,51 @@ def write_parameter_set(params: Mapping[str, Mapping[str, Any]], folder: str | P
     lines += ["    }", ""]
     write_text(py_path, "\n".join(lines))
     return [json_path, py_path]
+
+
+def parameter_series(
+    states: Sequence[tuple[float, Mapping[str, Mapping[str, Any]]]], folder: str | Path, x_label: str,
+    figure: bool = True,
+) -> list[Path]:
+    """The scalar parameters of several states against their x value (SOC, time or voltage).
+
+    Args:
+        states: ``(x, electrode_parameters(...))`` per state, in order.
+        folder: output folder: ``pybamm_parameters.csv`` (one row per state) and, with
+            ``figure``, ``pybamm_parameters.png`` (one panel per parameter).
+        x_label: the x column's name (e.g. ``soc``).
+
+    Returns:
+        The paths written.
+    """
+    from src.analysis.statistics_table import write_csv_atomic
+
+    folder = Path(folder)
+    names = [k for k, v in states[0][1].items() if not isinstance(v["value"], list)] if states else []
+    rows = [{x_label: x, **{k: p[k]["value"] for k in names}} for x, p in states]
+    written = [folder / "pybamm_parameters.csv"]
+    write_csv_atomic(written[0], rows, first=(x_label,))
+    if figure and rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from src.data.io import atomic_output
+
+        cols = 4
+        fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(names) / cols)),
+                                 squeeze=False)
+        for ax, name in zip(axes.ravel(), names, strict=False):
+            ax.plot([r[x_label] for r in rows], [r[name] for r in rows], "o-")
+            ax.set_title(name.replace(" [", "\n["), fontsize=7)
+            ax.set_xlabel(x_label, fontsize=7)
+            ax.tick_params(labelsize=6)
+        for ax in axes.ravel()[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        with atomic_output(folder / "pybamm_parameters.png") as tmp:
+            fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        written.append(folder / "pybamm_parameters.png")
+    return written
