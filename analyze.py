@@ -76,7 +76,7 @@ def _analyze_chunked(cfg: DictConfig, paths: list[Path], names: list[str], class
             path, class_names, voxel_nm, label_values=label_values, chunk=int(c.chunk),
             particle_phase=cfg.statistics.particle_phase, thickness_phases=list(cfg.statistics.thickness_phases or []),
             rev_phases=list(c.rev_phases or []), rev_axis=int(c.rev_axis), surface_sigma=float(cfg.statistics.surface_sigma),
-            cluster=c.cluster, workdir=cfg.output_dir)
+            cluster=c.cluster)
         results[name] = stats
     options = OmegaConf.to_container(cfg.chunked, resolve=True)
     write_statistics(Path(cfg.output_dir), results, class_names, voxel_nm, options, label_values, False)

@@ -46,7 +46,7 @@ def _check(labels, stats):
 def test_chunked_equals_in_memory_on_threads(volume, tmp_path):
     labels, path = volume
     stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=16, rev_phases=["pore"],
-                               rev_sizes=[16, 24, 38], workdir=tmp_path)
+                               rev_sizes=[16, 24, 38])
     _check(labels, stats)
     rev = stats["rev_tortuosity"]["pore"]
     assert rev["sizes"] == [16, 24, 38] and len(rev["tortuosity_factor"]) == 3
@@ -62,7 +62,7 @@ def test_chunked_equals_in_memory_on_a_local_cluster(volume, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=16, rev_phases=[],
-                                   thickness_phases=[], cluster=cluster.scheduler_address, workdir=tmp_path)
+                                   thickness_phases=[], cluster=cluster.scheduler_address)
     _check(labels, stats)
 
 

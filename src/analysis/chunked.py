@@ -7,10 +7,11 @@ map) as a dask array and never loaded whole. Each statistic is made exact by con
 * surface and interface areas: slabs along z with :func:`~src.analysis.surfaces.slab_halo`
   voxels of context on each side, each slab keeping the marching-cubes triangles whose centroid
   falls in its own z window, so that the slab sums equal the whole-volume mesh;
-* particles: 6-connected components of the particle phase labelled across chunk borders
-  (``dask_image.ndmeasure.label``), their sizes counted per chunk; the component labels are
-  stored in a Zarr array on disk, not in memory. (Touching particles are not split here: the
-  watershed separation of the in-memory path needs each particle whole);
+* particles: 6-connected components of the particle phase, labelled per z-slab
+  (``scipy.ndimage.label``) and joined across the slab faces as the connected components of
+  the graph of touching labels; only each slab's sizes and its two face planes are kept.
+  (Touching particles are not split here: the watershed separation of the in-memory path needs
+  each particle whole);
 * local thickness: porespy per block with a halo of the phase's largest inscribed diameter
   (the distance-transform maximum, found chunk-wise first), which makes it exact;
 * tortuosity: on central sub-volumes of growing size (the representative-volume curve; MATBOX's
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -190,7 +190,6 @@ def chunked_statistics(
     rev_sizes: Sequence[int] | None = None,
     surface_sigma: float = SURFACE_SIGMA,
     cluster: str | None = None,
-    workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Statistics of a label volume read chunk by chunk (see the module doc).
 
@@ -206,7 +205,6 @@ def chunked_statistics(
         rev_axis: its axis; ``rev_sizes`` the cube sides (None: 32, 64, ... up to the volume).
         surface_sigma: Gaussian smoothing before marching cubes (voxels).
         cluster: a ``distributed`` scheduler address (None: threads).
-        workdir: where the component labels are stored (None: a temporary folder).
 
     Returns:
         ``volume_fraction``, ``surfaces``, ``components`` (per particle phase: ``count``,
@@ -265,7 +263,7 @@ def chunked_statistics(
         out["surfaces"] = timed("surfaces", surfaces)
         if particle_phase:
             out["components"] = {particle_phase: timed("components", lambda: _components(
-                labels == class_names.index(particle_phase), voxel_um, workdir))}
+                labels == class_names.index(particle_phase), voxel_um, chunk))}
         out["local_thickness"] = {}
         for name in thickness_phases:
             out["local_thickness"][name] = timed(f"local_thickness {name}", lambda name=name: _thickness(
@@ -284,30 +282,47 @@ def _slab_surfaces(block: np.ndarray, window: tuple[float, float, bool], n: int,
     return [phase_surface(np.asarray(block), i, n, sigma, window) for i in range(n)]
 
 
-def _components(mask: Any, voxel_um: float, workdir: str | Path | None) -> dict[str, Any]:
-    """Connected components (6-connectivity) of a lazy bool mask across chunks."""
-    import dask
-    import dask.array as da
-    from dask_image import ndmeasure
+def _slab_components(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """6-connected components of one z-slab: (sizes (n,), first plane labels, last plane labels)."""
+    labelled, n = ndimage.label(np.asarray(block), ndimage.generate_binary_structure(3, 1))
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
+    return sizes, labelled[0].copy(), labelled[-1].copy()
 
-    structure = ndimage.generate_binary_structure(3, 1)
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        labelled, count = ndmeasure.label(mask, structure)
-        store = str(Path(tmp) / "components.zarr")
-        # one pass: the labels stream to disk chunk by chunk while their count is taken
-        write = da.to_zarr(labelled.astype(np.int32), store, overwrite=True, compute=False)
-        _, count = dask.compute(write, count)
-        stored = da.from_zarr(store)
-        count = int(count)
-        sizes = da.bincount(stored.ravel(), minlength=count + 1).compute()[1:]
-    volumes = sizes * voxel_um**3
-    diameters = (6.0 * sizes / np.pi) ** (1 / 3) * voxel_um
+
+def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
+    """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks:
+    each z-slab is labelled on its own, then the labels that touch across slab faces are joined
+    (a graph's connected components); only the slabs' sizes and face planes are kept."""
+    import dask
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    depth = mask.shape[0]
+    parts = dask.compute(*[dask.delayed(_slab_components)(mask[z0:min(z0 + slab, depth)])
+                           for z0 in range(0, depth, slab)])
+    offsets = np.cumsum([0] + [p[0].size for p in parts])
+    sizes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    rows, cols = [], []
+    for k in range(len(parts) - 1):
+        below, above = parts[k][2], parts[k + 1][1]
+        touch = (below > 0) & (above > 0)
+        pairs = np.unique(np.stack([below[touch] + offsets[k], above[touch] + offsets[k + 1]]), axis=1)
+        rows.append(pairs[0] - 1)
+        cols.append(pairs[1] - 1)
+    total = int(offsets[-1])
+    if rows:
+        r, c = np.concatenate(rows), np.concatenate(cols)
+    else:
+        r = c = np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(total, total))
+    count, component = connected_components(graph, directed=False) if total else (0, np.zeros(0, int))
+    voxels = np.bincount(component, weights=sizes, minlength=count).astype(np.int64)
+    diameters = (6.0 * voxels / np.pi) ** (1 / 3) * voxel_um
     order = np.argsort(diameters)
-    cumulative = np.cumsum(sizes[order]) / max(sizes.sum(), 1)
-    d50 = float(diameters[order][np.searchsorted(cumulative, 0.5)]) if sizes.size else math.nan
-    return {"count": count, "voxels": sizes.tolist(), "volumes_um3": volumes.tolist(), "d50_um": d50}
+    cumulative = np.cumsum(voxels[order]) / max(voxels.sum(), 1)
+    d50 = float(diameters[order][np.searchsorted(cumulative, 0.5)]) if voxels.size else math.nan
+    return {"count": int(count), "voxels": voxels.tolist(), "volumes_um3": (voxels * voxel_um**3).tolist(),
+            "d50_um": d50}
 
 
 def _thickness(mask: Any, voxel_um: float) -> dict[str, Any]:
@@ -367,7 +382,8 @@ def rev_tortuosity(
         labels: (z, y, x) phase indices (numpy or dask).
         members: the phase indices forming the conducting phase.
         axis: flux direction.
-        sizes: cube sides (None: 32, 64, 128, ... and the smallest volume side).
+        sizes: cube sides (None: 32, 64, 128 up to the smallest volume side, at most 256 on the
+            CPU: larger solves belong on a GPU).
         plateau: relative change of τ between the last two sizes below which the curve has
             reached its plateau.
 
@@ -378,7 +394,7 @@ def rev_tortuosity(
     shape = labels.shape
     side = min(shape)
     if sizes is None:
-        sizes = [s for s in (32, 64, 128, 256, 512, 1024) if s < side] + [side]
+        sizes = [s for s in (32, 64, 128, 256) if s < side] + [min(side, 256)]
     taus = []
     for s in sizes:
         if s > side:
