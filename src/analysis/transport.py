@@ -220,8 +220,11 @@ def tortuosity_factor(
 
 
 def _solve_one(args: tuple) -> dict:
+    from threadpoolctl import threadpool_limits
+
     mask, axis, kwargs = args
-    return tortuosity_factor(mask, axis, **kwargs)
+    with threadpool_limits(1):  # one core per process: the processes share the machine
+        return tortuosity_factor(mask, axis, **kwargs)
 
 
 def tortuosity_many(
