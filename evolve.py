@@ -57,9 +57,29 @@ def evolve(cfg: DictConfig) -> dict[str, Any]:
     patterns = None if cfg.figure_statistics is None else list(cfg.figure_statistics)
     paths = write_outputs(Path(cfg.output_dir), result, x_axis=cfg.x_axis, figure=bool(cfg.figure),
                           figure_statistics=patterns)
+    if cfg.model_parameters:
+        paths["pybamm_parameters"] = [str(p) for p in _parameters_per_state(cfg, result)]
     log.info("evolution of %d states written to %s", len(entries), cfg.output_dir)
     result["paths"] = paths
     return result
+
+
+def _parameters_per_state(cfg: DictConfig, result: dict[str, Any]) -> list[Path]:
+    """``model_parameters=true``: the PyBaMM parameter set of every state, and their series."""
+    from src.analysis.model_parameters import (
+        electrode_parameters,
+        parameter_series,
+        write_parameter_set,
+    )
+
+    e, out = cfg.electrode, Path(cfg.output_dir)
+    series, written = [], []
+    for state, analysis in zip(result["states"], result["analyses"], strict=True):
+        params = electrode_parameters(analysis.stats, active_phase=str(e.active_phase),
+                                      pore_phase=str(e.pore_phase), electrode=str(e.side), axis=int(e.axis))
+        written += write_parameter_set(params, out / "pybamm", f"{state['name']}_pybamm")
+        series.append((float(state[cfg.x_axis]), params))
+    return written + parameter_series(series, out, str(cfg.x_axis), bool(cfg.figure))
 
 
 if __name__ == "__main__":

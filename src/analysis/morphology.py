@@ -11,6 +11,7 @@ interfaces), :mod:`~src.analysis.particles` (watershed, sizes, sphericity, crack
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,13 +21,15 @@ from typing import Any
 import numpy as np
 
 from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
-from src.analysis.surfaces import SURFACE_SIGMA, phase_surface
-from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_factor
+from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface
+from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_many
 from src.data.io import read_image
 from src.data.io.labels import check_label_values
 
 __all__ = ["check_labels", "check_voxel_size", "compute_statistics", "local_thickness",
            "particle_statistics", "remap_labels", "surface_statistics", "volume_fractions"]
+
+log = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -95,8 +98,16 @@ def surface_statistics(
     """
     n = len(class_names)
     surfaces = [phase_surface(labels, i, n, sigma) for i in range(n)]
-    total_um3 = labels.size * voxel_um**3
-    counts = np.bincount(labels.ravel(), minlength=n)
+    return surface_table(surfaces, np.bincount(labels.ravel(), minlength=n), class_names, voxel_um)
+
+
+def surface_table(
+    surfaces: Sequence[PhaseSurface], counts: np.ndarray, class_names: Sequence[str], voxel_um: float
+) -> dict[str, Any]:
+    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface` (voxel
+    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume)."""
+    n = len(class_names)
+    total_um3 = float(np.sum(counts)) * voxel_um**3
     area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
     out: dict[str, Any] = {
         "surface_area_um2": area,
@@ -201,6 +212,27 @@ def _phase_index(class_names: Sequence[str], name: str, what: str) -> int:
     return list(class_names).index(name)
 
 
+def absent_phase_notes(
+    fractions: Mapping[str, float], particle_phase: str | None, tortuosity_phases: Sequence[str],
+    thickness_phases: Sequence[str],
+) -> list[str]:
+    """One message per statistic that a phase absent from the volume leaves undefined (its
+    values are then NaN or inf for that reason, said in the log and in ``stats.json``)."""
+    notes = []
+    for name, fraction in fractions.items():
+        if fraction > 0:
+            continue
+        undefined = ["surface area, surface-to-volume and interfaces", "connectivity"]
+        if name == particle_phase:
+            undefined.append("particle sizes, sphericity and crack porosity")
+        if name in thickness_phases:
+            undefined.append("local thickness")
+        notes += [f"phase {name!r} is absent from the volume (0 voxels): its {what} is not defined"
+                  for what in undefined]
+    notes += [f"tortuosity of {name!r}: the phase is absent, tau is infinite" for name in tortuosity_phases]
+    return notes
+
+
 def compute_statistics(
     labels: np.ndarray,
     class_names: Sequence[str],
@@ -210,9 +242,12 @@ def compute_statistics(
     tortuosity: bool = True,
     axes: Sequence[int] = (0, 1, 2),
     device: str = "cpu",
-    tortuosity_phases: Sequence[str] | None = None,
+    tortuosity_phases: Sequence[str] | str | None = "default",
+    tortuosity_axes: Sequence[int] | None = None,
+    tortuosity_solver: str = "auto",
     tortuosity_conv_crit: float = 1e-2,
     tortuosity_iter_limit: int = 10000,
+    tortuosity_workers: int | None = None,
     surface_sigma: float = SURFACE_SIGMA,
     particles: Mapping[str, Any] | None = None,
     thickness_phases: Sequence[str] | str | None = ("pore",),
@@ -223,7 +258,12 @@ def compute_statistics(
 
     ``particles``: keyword arguments of :func:`particle_statistics` (``closing_radius``,
     ``sigma``, ``min_distance``, ``h``, ``exclude_border``, ``min_voxels``); ``particle_phase``
-    None skips separation. ``tortuosity_phases`` None = every phase. ``thickness_phases``:
+    None skips separation. ``tortuosity_phases``: phases, or unions of phases written
+    ``"NMC+CBD"`` (the solid network), whose tortuosity is solved; ``"default"``: the pore
+    phase (the class named ``pore``) and the union of the others (the solid network), or every
+    phase when none is named ``pore``; ``"all"`` or None = every single phase; ``tortuosity_axes``: None = ``axes``; ``tortuosity_solver``: see
+    :func:`~src.analysis.transport.tortuosity_factor`; ``tortuosity_workers``: processes solving
+    phase-axis pairs at once (None: one per CPU core, at most one per pair). ``thickness_phases``:
     phases for local thickness (None/empty skips). Returns a dict with ``volume_fraction``,
     ``surfaces``, ``particles``, ``connectivity`` (percolating fraction per phase and axis),
     ``tortuosity`` (per phase and axis), ``local_thickness`` and ``timings_s``.
@@ -242,9 +282,20 @@ def compute_statistics(
         _phase_index(class_names, name, "thickness_phases")
     if particle_phase is not None:
         _phase_index(class_names, particle_phase, "particle_phase")
-    tort_phases = list(class_names) if tortuosity_phases is None else list(tortuosity_phases)
-    for name in tort_phases:
-        _phase_index(class_names, name, "tortuosity_phases")
+    pore = [n for n in class_names if n.lower() == "pore"]
+    if tortuosity_phases == "default" and pore and len(class_names) > 1:
+        tort_phases = [pore[0], "+".join(n for n in class_names if n != pore[0])]
+    elif tortuosity_phases is None or tortuosity_phases in ("all", "default"):
+        tort_phases = list(class_names)
+    elif isinstance(tortuosity_phases, str):
+        tort_phases = [tortuosity_phases]
+    else:
+        tort_phases = list(tortuosity_phases)
+    tort_members = {name: [_phase_index(class_names, part.strip(), f"tortuosity_phases entry {name!r}: phase")
+                           for part in str(name).split("+")] for name in tort_phases}
+    tort_axes = axes if tortuosity_axes is None else tuple(int(a) for a in tortuosity_axes)
+    if not tort_axes or any(a not in (0, 1, 2) for a in tort_axes):
+        raise ValueError(f"tortuosity_axes must be a non-empty subset of (0, 1, 2), got {tort_axes}")
 
     timings: dict[str, float] = {}
     stats: dict[str, Any] = {"shape": list(labels.shape), "voxel_size_nm": voxel_nm,
@@ -256,9 +307,17 @@ def compute_statistics(
         start = time.perf_counter()
         result = fn()
         timings[key] = time.perf_counter() - start
+        log.info("%s: %.1f s", key, timings[key])
         return result
 
     stats["volume_fraction"] = timed("volume_fraction", lambda: volume_fractions(labels, class_names))
+    stats["notes"] = absent_phase_notes(stats["volume_fraction"], particle_phase,
+                                        [n for n in tort_members if all(
+                                            stats["volume_fraction"][class_names[i]] == 0
+                                            for i in tort_members[n])] if tortuosity else [],
+                                        thickness_phases)
+    for note in stats["notes"]:
+        log.warning(note)
     stats["surfaces"] = timed("surfaces", lambda: surface_statistics(labels, class_names, voxel_um,
                                                                      surface_sigma))
     if particle_phase is not None:
@@ -273,11 +332,14 @@ def compute_statistics(
             name: local_thickness(labels == class_names.index(name), voxel_um, thickness_bins)
             for name in thickness_phases})
     if tortuosity:
-        stats["tortuosity"] = timed("tortuosity", lambda: {
-            name: {AXIS_NAMES[a]: tortuosity_factor(
-                labels == class_names.index(name), a, device=device,
-                conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit) for a in axes}
-            for name in tort_phases})
+        tasks = [(name, a) for name in tort_members for a in tort_axes]
+        solved = timed("tortuosity", lambda: tortuosity_many(
+            [(np.isin(labels, tort_members[name]), a) for name, a in tasks], solver=tortuosity_solver,
+            device=device, conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit,
+            workers=tortuosity_workers))
+        stats["tortuosity"] = {name: {} for name in tort_members}
+        for (name, a), res in zip(tasks, solved, strict=True):
+            stats["tortuosity"][name][AXIS_NAMES[a]] = res
     stats["timings_s"] = timings
     return stats
 

@@ -41,9 +41,13 @@ STATISTIC_UNITS: dict[str, tuple[str, str]] = {
     "d_um": ("µm", "volume-weighted quantile of equivalent-sphere diameter"),
     "d_number_um": ("µm", "number-weighted quantile of equivalent-sphere diameter"),
     "percolating_fraction": ("1", "phase voxels in 6-connected clusters joining both faces of the axis"),
-    "tortuosity_factor": ("1", "taufactor τ = ε / (D_eff/D0) along the axis (inf: no path)"),
-    "relative_diffusivity": ("1", "D_eff/D0 along the axis (taufactor)"),
-    "tortuosity_converged": ("1", "1 if the taufactor solve met its convergence criterion"),
+    "tortuosity_factor": ("1", "τ = ε / (D_eff/D0) along the axis (inf: no path; taufactor's definition)"),
+    "relative_diffusivity": ("1", "D_eff/D0 along the axis"),
+    "tortuosity_converged": ("1", "1 if the solve met its convergence criterion (layer fluxes agree)"),
+    "rev_tortuosity_factor": ("1", "τ of the largest central cube of the REV curve (chunked analysis)"),
+    "rev_relative_change": ("1", "relative change of τ between the two largest REV cubes"),
+    "component_count": ("1", "6-connected components of the phase (chunked analysis: no watershed split)"),
+    "component_d50_um": ("µm", "volume-weighted median equivalent-sphere diameter of the components"),
     "local_thickness_mean_um": ("µm", "volume-mean local thickness (largest inscribed ball diameter)"),
     "local_thickness_d50_um": ("µm", "volume-median local thickness"),
     "time_s": ("s", "wall time of the statistic (whole volume, all phases)"),
@@ -86,6 +90,12 @@ def flatten_statistics(stats: Mapping[str, Any]) -> dict[str, float]:
     for phase, res in stats.get("local_thickness", {}).items():
         row[f"local_thickness_mean_um/{phase}"] = _number(res["mean_um"])
         row[f"local_thickness_d50_um/{phase}"] = _number(res["d50_um"])
+    for phase, part in stats.get("components", {}).items():
+        row[f"component_count/{phase}"] = _number(part["count"])
+        row[f"component_d50_um/{phase}"] = _number(part["d50_um"])
+    for phase, rev in stats.get("rev_tortuosity", {}).items():
+        row[f"rev_tortuosity_factor/{phase}"] = _number(rev["tortuosity_factor"][-1])
+        row[f"rev_relative_change/{phase}"] = _number(rev["relative_change"])
     for key, value in stats.get("timings_s", {}).items():
         row[f"time_s/{key}"] = _number(value)
     return row
@@ -95,7 +105,7 @@ def _statistic_key(column: str) -> str:
     stat = column.split("/", 1)[0]
     if stat in STATISTIC_UNITS:
         return stat
-    for prefix in ("surface_fraction_to", "percolating_fraction", "tortuosity_factor",
+    for prefix in ("surface_fraction_to", "percolating_fraction", "rev_tortuosity_factor", "tortuosity_factor",
                    "relative_diffusivity", "tortuosity_converged"):
         if stat.startswith(prefix + "_"):
             return prefix

@@ -55,6 +55,22 @@ def test_analyze_in_process(volumes, tmp_path):
     assert not list(out.glob(".*.tmp*"))
 
 
+def test_analyze_writes_pybamm_parameters(volumes, tmp_path):
+    import analyze
+
+    out = tmp_path / "out"
+    cfg = compose("analyze", [f"volumes={volumes}/vol0.tif", "voxel_size_nm=40", "label_values=[85,170,0]",
+                              f"output_dir={out}", "statistics.axes=[0]", "statistics.thickness_phases=[]",
+                              "statistics.particles.min_voxels=1", "model_parameters=true", "figure=false"])
+    results = analyze.analyze(cfg)
+    assert set(results["vol0"]["tortuosity"]) == {"pore", "NMC+CBD"}  # the default set
+    params = json.loads((out / "vol0_pybamm.json").read_text(encoding="utf-8"))
+    assert params["Positive electrode porosity"]["value"] == pytest.approx(
+        results["vol0"]["volume_fraction"]["pore"])
+    assert params["Positive electrode thickness [m]"]["value"] == pytest.approx(24 * 40e-9)
+    assert "get_parameter_values" in (out / "vol0_pybamm.py").read_text(encoding="utf-8")
+
+
 def test_analyze_cli(volumes, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "analyze.py", f"volumes={volumes}/vol0.tif", "voxel_size_nm=40",

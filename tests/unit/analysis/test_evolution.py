@@ -249,7 +249,8 @@ def test_evolve_cli_and_bad_manifest(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "evolve.py", f"manifest={manifest}", f"output_dir={out}", "voxel_size_nm=40",
            "label_values=[85,170,0]", "x_axis=time_h", "bootstrap.blocks=[1,1,2]", *FAST,
-           "statistics.tortuosity=true", "statistics.axes=[0]"]
+           "statistics.tortuosity=true", "statistics.axes=[0]", "statistics.tortuosity_phases=default",
+           "model_parameters=true"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / "evolution.csv") as f:
@@ -259,6 +260,12 @@ def test_evolve_cli_and_bad_manifest(tmp_path):
     assert float(rows[0]["tortuosity_factor_z/pore"]) > 1
     assert np.isnan(float(rows[0]["tortuosity_factor_z/pore/ci_low"]))
     assert (out / "evolution.png").exists() and not (out / "tracking.csv").exists()
+    with open(out / "pybamm_parameters.csv") as f:  # the PyBaMM parameters of each state, vs time
+        params = list(csv.DictReader(f))
+    assert [float(r["time_h"]) for r in params] == [0.0, 3.0]
+    assert float(params[1]["Positive electrode porosity"]) == pytest.approx(float(rows[1]["volume_fraction/pore"]))
+    assert (out / "pybamm_parameters.png").stat().st_size > 5000
+    assert len(list((out / "pybamm").glob("*_pybamm.py"))) == 2
 
     import evolve
 

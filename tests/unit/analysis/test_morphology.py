@@ -214,3 +214,67 @@ def test_shared_volume_tortuosity_equals_taufactor():
         ours = tortuosity_factor(pore, axis)
         solver = taufactor.Solver(np.moveaxis(pore, axis, 0).astype(np.uint8), device="cpu")
         assert ours["tortuosity_factor"] == pytest.approx(float(solver.solve(verbose=False)[0]), rel=1e-2)
+
+
+def test_amg_tortuosity_ignores_dead_clusters_and_equals_taufactor_solver():
+    """The AMG solve keeps only through-clusters: an isolated blob and a dead-end branch change
+    nothing in the flux; both solvers agree on a real-like random phase."""
+    mask = np.zeros((20, 16, 16), bool)
+    mask[:, 2:4, 2:4] = True  # a straight 2x2 channel along z
+    base = tortuosity_factor(mask, 0, solver="amg")
+    mask[5:9, 10:14, 10:14] = True  # isolated blob: no flux, but counts in the volume fraction
+    mask[:12, 8, 2:4] = True  # dead-end branch touching only the inlet face
+    with_dead = tortuosity_factor(mask, 0, solver="amg")
+    assert with_dead["relative_diffusivity"] == pytest.approx(base["relative_diffusivity"], rel=1e-4)
+    assert with_dead["tortuosity_factor"] == pytest.approx(mask.mean() / base["relative_diffusivity"], rel=1e-4)
+    assert with_dead["converged"] and with_dead["flux_mismatch"] < 1e-3
+    blob = blob_labels((28, 24, 20), seed=7) == 2
+    for axis in (0, 2):
+        amg = tortuosity_factor(blob, axis, solver="amg")
+        sor = tortuosity_factor(blob, axis, solver="taufactor", conv_crit=1e-3)
+        assert amg["tortuosity_factor"] == pytest.approx(sor["tortuosity_factor"], rel=2e-3)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        tortuosity_factor(blob, 0, solver="multigrid")
+
+
+def test_tortuosity_in_parallel_processes_equals_serial():
+    from src.analysis.transport import tortuosity_many
+
+    lab = blob_labels((40, 36, 32), seed=11)
+    tasks = [(lab == 2, 0), (lab != 2, 0), (lab == 2, 2)]
+    serial = tortuosity_many(tasks, workers=1)
+    parallel = tortuosity_many(tasks, workers=2, min_parallel_voxels=0)
+    for s, p in zip(serial, parallel, strict=True):
+        assert s["tortuosity_factor"] == pytest.approx(p["tortuosity_factor"], rel=1e-9)
+
+
+def test_default_tortuosity_is_pore_and_solid_network():
+    lab = blob_labels((24, 28, 32), seed=5)
+    stats = compute_statistics(lab, PHASES, 40, particle_phase=None, thickness_phases=[], axes=(0, 1, 2),
+                               tortuosity_axes=(0,))
+    assert set(stats["tortuosity"]) == {"pore", "NMC+CBD"}
+    assert set(stats["tortuosity"]["pore"]) == {"z"}
+    solid = tortuosity_factor(lab != 2, 0)
+    assert stats["tortuosity"]["NMC+CBD"]["z"]["tortuosity_factor"] == pytest.approx(solid["tortuosity_factor"])
+    every = compute_statistics(lab, PHASES, 40, particle_phase=None, thickness_phases=[], surface_sigma=0.8,
+                               tortuosity_phases="all", axes=(0, 1, 2))
+    assert sum(len(v) for v in every["tortuosity"].values()) == 9
+    no_pore = compute_statistics(lab, ["a", "b", "c"], 40, particle_phase=None, thickness_phases=[],
+                                 axes=(0,))
+    assert set(no_pore["tortuosity"]) == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="entry 'NMC\\+glue': phase='glue' is not one of"):
+        compute_statistics(lab, PHASES, 40, tortuosity_phases=["NMC+glue"])
+
+
+def test_absent_phase_gets_a_message_per_statistic(caplog):
+    lab = blob_labels((20, 22, 24), seed=5)
+    lab[lab == 1] = 0  # no CBD
+    with caplog.at_level("WARNING"):
+        stats = compute_statistics(lab, PHASES, 40, particle_phase=None, thickness_phases=[], axes=(0,),
+                                   tortuosity_phases=["pore", "CBD"])
+    notes = stats["notes"]
+    assert any("'CBD' is absent" in n and "surface" in n for n in notes)
+    assert any("'CBD' is absent" in n and "connectivity" in n for n in notes)
+    assert any("tortuosity of 'CBD'" in n for n in notes)
+    assert not any("'pore'" in n or "'NMC'" in n for n in notes)
+    assert "tortuosity of 'CBD'" in caplog.text
