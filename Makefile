@@ -5,7 +5,7 @@ PY       := $(VENV)/bin/python
 TORCH    ?= torch==2.13.0
 # the versions the suite passed with (`make lock` refreshes it); `LOCK=` installs the newest allowed
 LOCK     ?= requirements/lock.txt
-EXTRAS   := dev,recon,track
+EXTRAS   := dev,recon,track,stats
 RUN_DIR  ?= logs/train/default
 EVAL_DIR ?= $(RUN_DIR)/eval
 TRAIN_ARGS ?=
