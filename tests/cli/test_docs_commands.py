@@ -170,8 +170,11 @@ def all_commands() -> list[Command]:
 
 @cache
 def hydra_config_name(path: Path) -> str | None:
-    """The ``config_name`` of the script's ``@hydra.main``, None for a non-Hydra script."""
-    m = re.search(r"@hydra\.main\((?:[^@]{0,300}?)config_name=[\"']([\w/-]+)[\"']", path.read_text(encoding="utf-8"))
+    """The config name of a Hydra script (``run_command("name", ...)`` of :mod:`src.cli`, or
+    ``@hydra.main(config_name=...)``), None for a non-Hydra script."""
+    text = path.read_text(encoding="utf-8")
+    m = (re.search(r"\brun_command\(\s*[\"']([\w/-]+)[\"']", text)
+         or re.search(r"@hydra\.main\((?:[^@]{0,300}?)config_name=[\"']([\w/-]+)[\"']", text))
     return m.group(1) if m else None
 
 
