@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import numpy as np
 
 from src.data.io.labels import check_label_values
 from src.data.io import list_images, natural_sort_key, read_image, validate_image
+
+log = logging.getLogger(__name__)
 
 _ROLE_SUFFIX = re.compile(r"(_|-)(image|img|grey|gray|label|labels|mask|seg|gt)$", re.IGNORECASE)
 _LABEL_SUFFIX = re.compile(r"(_|-)(label|labels|mask|gt)$", re.IGNORECASE)
@@ -38,7 +41,9 @@ def pair_images_labels(images: PathSpec, labels: PathSpec | None = None) -> list
     """Pair image files with label files.
 
     Pairs by name (``N.tif`` ↔ ``N_label.tif``, ``a_image.tif`` ↔ ``a_label.tif``) when every
-    image finds its label that way, otherwise by sorted order (the counts must then agree).
+    image finds its label that way; by sorted order, with a warning listing the pairs, only when
+    none does (the counts must then agree). Mixed matching (some by name, the rest not) is
+    refused: a misnamed file would otherwise be scored against another image's labels.
     Label-named files (``*_label``, ``*_mask``…) that a broad image glob catches are dropped
     from the images. Without ``labels`` every pair is ``(image, None)``.
     """
@@ -57,6 +62,14 @@ def pair_images_labels(images: PathSpec, labels: PathSpec | None = None) -> list
         by_key[pair_key(f)] = f
     if all(pair_key(f) in by_key for f in image_files):
         return [(f, by_key[pair_key(f)]) for f in image_files]
+    matched = [f for f in image_files if pair_key(f) in by_key]
+    if matched:  # some by name, the rest by order: a misnamed file would be scored silently
+        unmatched = [f.name for f in image_files if pair_key(f) not in by_key]
+        spare = [f.name for f in label_files if f not in {by_key[pair_key(m)] for m in matched}]
+        raise ValueError(
+            f"images {unmatched[:5]} have no label named like them (N.tif ↔ N_label.tif) while "
+            f"{len(matched)} other image(s) do; refusing to pair the rest by sorted order "
+            f"(labels left: {spare[:5]}). Rename the files so that every image finds its label")
     if len(image_files) != len(label_files):
         unmatched = [f.name for f in image_files if pair_key(f) not in by_key]
         raise ValueError(
@@ -64,7 +77,11 @@ def pair_images_labels(images: PathSpec, labels: PathSpec | None = None) -> list
             f"like {unmatched[:3]} (expected N.tif ↔ N_label.tif), and the counts differ for "
             "pairing by sorted order"
         )
-    return list(zip(sorted(image_files, key=natural_sort_key), label_files, strict=True))
+    pairs = list(zip(sorted(image_files, key=natural_sort_key), label_files, strict=True))
+    log.warning("no label file is named like its image: pairing %d images with labels by sorted "
+                "order (%s); name them N.tif ↔ N_label.tif to pair by name",
+                len(pairs), ", ".join(f"{i.name} ↔ {lab.name}" for i, lab in pairs[:3]))
+    return pairs
 
 
 @dataclass

@@ -24,6 +24,7 @@ from src.analysis.metrics import confusion_matrix, format_table, scores_from_con
 from src.analysis.morphology import compute_statistics
 from src.analysis.statistics_table import write_statistics
 from src.data.io import write_json, write_text, write_tiff
+from src.data.io.checks import check_output_dir
 from src.data.io.figures import save_panel_png
 from src.data.sources import PathSpec, load_pair, pair_images_labels, pair_key
 from src.data.transforms import DEFAULT_NORMALIZE, normalization, normalize_percentile
@@ -244,6 +245,7 @@ def evaluate_segmentation(
     if images is None:
         raise ValueError("images=... is required for segmentation (files, folder or glob)")
     pairs = pair_images_labels(images, labels)
+    check_output_dir(output_dir)  # before the model or any image is read
     if class_names is None:  # the checkpoint first (cheap), then the images
         segmenter = load()
         voxel_sizes = _check_inputs(pairs, segmenter.class_names, stats, voxel_size_nm)
@@ -290,7 +292,9 @@ def evaluate_segmentation(
         return {}
     overall = scores_from_confusion(total_cm, class_names)
     report = {**source, "method": segmenter.method, "class_names": class_names, "overall": overall,
-              "per_image": per_image}
+              "per_image": per_image,
+              "pairs": {pair_key(Path(i)): {"image": str(i), "label": str(lab)} for i, lab in pairs
+                        if lab is not None}}
     write_json(output_dir / "metrics.json", report)
     print(format_table(per_image, overall, class_names))
     log.info("metrics written to %s", output_dir / "metrics.json")

@@ -47,6 +47,7 @@ def test_evaluate_3d_and_odd_2d(checkpoint, tmp_path):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["class_names"] == ["NMC", "CBD", "pore"]
     assert set(saved["per_image"]) == {"0", "1"}
+    assert saved["pairs"]["1"] == {"image": str(data / "1.tif"), "label": str(data / "1_label.tif")}
     total = np.zeros((3, 3), np.int64)
     for name, shape in [("0", (37, 53)), ("1", (41, 29))]:
         seg = tifffile.imread(tmp_path / "out" / f"{name}_seg.tif")
@@ -144,6 +145,14 @@ def test_bad_images_fail_before_writing(checkpoint, tmp_path, sentinel, kind, er
         evaluate.evaluate(eval_cfg(checkpoint, image, label, sentinel))
     assert (sentinel / "metrics.json").read_text() == '{"old": true}'
     assert not list(sentinel.glob("*_seg.tif"))
+
+
+def test_output_dir_that_is_a_file(checkpoint, tiny_data, tmp_path):
+    import evaluate
+
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(NotADirectoryError, match="output_dir=.*taken is an existing file; expected a folder"):
+        evaluate.evaluate(eval_cfg(checkpoint, f"{tiny_data}/2d/0.tif", None, tmp_path / "taken"))
 
 
 def test_missing_checkpoint(tiny_data, tmp_path, sentinel):

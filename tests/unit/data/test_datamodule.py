@@ -47,6 +47,32 @@ def test_pairing_by_name_and_by_order(tmp_path):
         pair_images_labels(f"{tmp_path}/nothing*.tif")
 
 
+def test_mixed_pairing_is_refused(tmp_path):
+    """One misnamed label (c.tif has no c_label.tif) must not be scored against b's labels."""
+    for name in ["a.tif", "a_label.tif", "b.tif", "c.tif", "b_labels.tif", "x_label.tif"]:
+        write_tiff(tmp_path / name, np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"images \['c.tif'\] have no label named like them.*labels left: \['x_label.tif'\]"):
+        pair_images_labels([tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "c.tif"],
+                           [tmp_path / "a_label.tif", tmp_path / "x_label.tif", tmp_path / "b_labels.tif"])
+
+
+def test_output_checks(tmp_path):
+    from src.data.io.checks import check_output_dir, check_output_file
+
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match="output_dir=.*file.txt is an existing file"):
+        check_output_dir(tmp_path / "file.txt")
+    with pytest.raises(NotADirectoryError, match="is a file, so the folder cannot be created"):
+        check_output_dir(tmp_path / "file.txt" / "sub")
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    with pytest.raises(IsADirectoryError, match="output=.* is an existing folder"):
+        check_output_file(tmp_path, "output")
+    with pytest.raises(ValueError, match="is also the input"):
+        check_output_file(tmp_path / "file.txt", "output", inputs=[tmp_path / "file.txt"])
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        check_output_file(tmp_path / "file.txt", "output", overwrite=False)
+
+
 def test_percentile_normalisation():
     x = np.arange(1000, dtype=np.float32).reshape(10, 100)
     lo, hi = percentile_range(x, 1, 99)
