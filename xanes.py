@@ -28,7 +28,8 @@ log = logging.getLogger("xanes")
 def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str], phase: str | None,
               label_values: list[int] | None) -> np.ndarray:
     """Bool mask of ``phase`` from a segmentation of shape ``spatial``; ``phase=None`` (or a
-    bool TIFF): the non-zero voxels."""
+    bool TIFF): the non-zero voxels; a file holding only 0 and 1 (and no ``label_values``) is a
+    binary mask: its 1s, whatever ``phase``."""
     from src.data.io import read_image
 
     seg = np.asarray(read_image(path, mmap=False))
@@ -39,6 +40,14 @@ def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str]
     values = np.unique(seg)
     if phase is None or seg.dtype == bool:
         return seg != 0
+    if label_values is None and set(values.tolist()) <= {0, 1}:
+        # a 0/1 mask, not a segmentation: mask_phase's index (NMC = 0) would pick the background
+        log.warning("mask %s holds only 0 and 1: taken as a binary mask (the 1s are analysed), not "
+                    "as phase %r = %d of class_names; set label_values to read it as labels",
+                    path, phase, class_names.index(phase) if phase in class_names else -1)
+        if not values.size or values.max() == 0:
+            raise ValueError(f"mask {path}: no voxel is 1 (an empty 0/1 mask)")
+        return seg == 1
     if phase not in class_names:
         raise ValueError(f"mask_phase {phase!r} is not one of class_names {class_names}")
     stored = label_values[class_names.index(phase)] if label_values else class_names.index(phase)

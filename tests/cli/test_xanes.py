@@ -139,3 +139,23 @@ def test_load_mask_phases(tmp_path):
     write_tiff(tmp_path / "nmc_only.tif", np.full(seg.shape, 85, np.uint8))
     with pytest.raises(ValueError, match="no voxel has the value 170 of phase CBD"):
         load_mask(tmp_path / "nmc_only.tif", seg.shape, names, "CBD", [85, 170, 0])
+
+
+def test_a_01_mask_selects_the_ones(tmp_path, caplog):
+    """Issue 20 case 1: a 0/1 mask with the default mask_phase=NMC (index 0) must analyse the 1s
+    (the particles), not the background."""
+    from xanes import load_mask
+
+    binary = np.zeros((3, 5, 5), np.uint8)
+    binary[:, 1:3, 1:3] = 1
+    write_tiff(tmp_path / "m.tif", binary)
+    names = ["NMC", "CBD", "pore"]
+    with caplog.at_level("WARNING"):
+        mask = load_mask(tmp_path / "m.tif", binary.shape, names, "NMC", None)
+    assert np.array_equal(mask, binary == 1)
+    assert "taken as a binary mask" in caplog.text
+    # with label_values the same file is read as labels: NMC stored as 0
+    assert np.array_equal(load_mask(tmp_path / "m.tif", binary.shape, names, "NMC", [0, 1, 2]), binary == 0)
+    write_tiff(tmp_path / "empty.tif", np.zeros_like(binary))
+    with pytest.raises(ValueError, match="no voxel is 1"):
+        load_mask(tmp_path / "empty.tif", binary.shape, names, "NMC", None)
