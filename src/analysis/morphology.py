@@ -252,6 +252,7 @@ def compute_statistics(
     particles: Mapping[str, Any] | None = None,
     thickness_phases: Sequence[str] | str | None = ("pore",),
     thickness_bins: int = 20,
+    plausible_particle_um: Sequence[float] = (0.05, 100.0),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """All statistics of a label volume (z, y, x), values ``i`` = ``class_names[i]``.
@@ -341,7 +342,40 @@ def compute_statistics(
         for (name, a), res in zip(tasks, solved, strict=True):
             stats["tortuosity"][name][AXIS_NAMES[a]] = res
     stats["timings_s"] = timings
+    for note in size_plausibility_notes(stats, voxel_nm, plausible_particle_um):
+        log.warning(note)
+        stats["notes"].append(note)
     return stats
+
+
+def size_plausibility_notes(stats: Mapping[str, Any], voxel_nm: float | Sequence[float],
+                            particle_um: Sequence[float] = (0.05, 100.0)) -> list[str]:
+    """Warnings for sizes that are legal but almost surely a unit mix-up (µm given as nm).
+
+    Args:
+        stats: :func:`compute_statistics`' result (its particle d50 is checked).
+        voxel_nm: the voxel size used (nm).
+        particle_um: the range of particle d50 (µm) expected for battery electrodes.
+
+    Returns:
+        One message per implausible value, saying what was assumed and the likely fix.
+    """
+    notes = []
+    vox = np.atleast_1d(np.asarray(voxel_nm, float))
+    lo, hi = float(particle_um[0]), float(particle_um[1])
+    for phase, part in stats.get("particles", {}).items():
+        d50 = part.get("d50_um", math.nan)
+        if not math.isfinite(d50) or lo <= d50 <= hi:
+            continue
+        if d50 < lo:
+            hint = (f"if the voxel size was given in µm, use voxel_size_nm={vox[0] * 1000:g}" if vox.max() < 1
+                    else "check voxel_size_nm")
+        else:
+            hint = (f"if the voxel size was given in pm or Å, use voxel_size_nm={vox[0] / 1000:g}"
+                    if vox.min() > 1000 else "check voxel_size_nm")
+        notes.append(f"particle d50 of {phase} = {d50:.4g} µm with voxel_size_nm={vox.tolist()} is outside "
+                     f"the {lo:g}-{hi:g} µm of electrode particles (statistics.plausible_particle_um): {hint}")
+    return notes
 
 
 def load_label_volume(

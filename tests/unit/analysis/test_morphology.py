@@ -278,3 +278,19 @@ def test_absent_phase_gets_a_message_per_statistic(caplog):
     assert any("tortuosity of 'CBD'" in n for n in notes)
     assert not any("'pore'" in n or "'NMC'" in n for n in notes)
     assert "tortuosity of 'CBD'" in caplog.text
+
+
+def test_voxel_size_in_um_given_as_nm_is_flagged(caplog):
+    """Issue 20 case 8: voxel_size_nm=0.04 (µm written as nm) gives d50 ~ 0.0004 µm: a warning
+    with the likely fix, not a silent table."""
+    from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
+
+    lab = generate_microstructure(MicrostructureConfig(shape=(40, 40, 40), voxel_size_nm=40.0), seed=1)
+    with caplog.at_level("WARNING"):
+        stats = compute_statistics(lab, PHASES, 0.04, tortuosity=False, thickness_phases=[], axes=(0,),
+                                   particles={"exclude_border": False})
+    assert any("use voxel_size_nm=40" in n for n in stats["notes"])
+    assert "outside the 0.05-100 µm" in caplog.text
+    ok = compute_statistics(lab, PHASES, 40.0, tortuosity=False, thickness_phases=[], axes=(0,),
+                            particles={"exclude_border": False})
+    assert not any("d50" in n for n in ok["notes"])
