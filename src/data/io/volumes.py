@@ -89,6 +89,9 @@ def _array_source(name: str, array: Any, closer: Any = None) -> VolumeSource:
 def _open_tiff(path: Path) -> VolumeSource:
     import zarr
 
+    from src.data.io import _inspect_tiff
+
+    _inspect_tiff(path)  # the readers' one check: a truncated or corrupt file is named here
     try:
         store = tifffile.imread(path, aszarr=True)
         array = zarr.open(store, mode="r")
@@ -187,17 +190,28 @@ def open_volume(spec: str | os.PathLike[str] | np.ndarray, key: str | None = Non
     suffix = path.suffix.lower()
     if suffix == ".zarr" or (path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists()
                                                  or (path / ".zgroup").exists())):
-        return _open_zarr(path, key)
+        return _check_dtype(_open_zarr(path, key))
     if path.is_dir():
-        return _open_tiff_folder(path)
+        return _check_dtype(_open_tiff_folder(path))
     if suffix in TIFF_SUFFIXES:
-        return _open_tiff(path)
+        return _check_dtype(_open_tiff(path))
     if suffix in HDF5_SUFFIXES:
-        return _open_hdf5(path, key)
+        return _check_dtype(_open_hdf5(path, key))
     if suffix == ".npy":
-        return _open_npy(path)
+        return _check_dtype(_open_npy(path))
     raise ImageReadError(f"{path}: unsupported volume '{path.suffix}'; supported: TIFF ({', '.join(TIFF_SUFFIXES)}), "
                          f"a folder of TIFF slices, HDF5 ({', '.join(HDF5_SUFFIXES)}[:dataset]), Zarr (.zarr[:array]), .npy")
+
+
+def _check_dtype(source: VolumeSource) -> VolumeSource:
+    """Grey volumes are real numbers: complex (or non-numeric) data is refused, naming the file."""
+    dtype = np.dtype(source.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+        source.close()
+        raise ImageReadError(f"{source.name}: grey values must be real numbers, got dtype {dtype}"
+                             + (" (complex: take np.abs or the real part first)"
+                                if np.issubdtype(dtype, np.complexfloating) else ""))
+    return source
 
 
 def sample_range(source: VolumeSource, lower: float = DEFAULT_NORMALIZE["lower"],
@@ -214,7 +228,15 @@ def sample_range(source: VolumeSource, lower: float = DEFAULT_NORMALIZE["lower"]
     step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] * len(zs) / max_samples))))
     plane = (slice(None, None, step), slice(None, None, step))
     parts = [source.read((slice(z, z + 1), *plane) if source.ndim == 3 else plane) for z in zs]
-    return percentile_range(np.concatenate([p.reshape(-1) for p in parts]), lower, upper)
+    sample = np.concatenate([p.reshape(-1) for p in parts])
+    finite = np.isfinite(sample)
+    if not finite.all():
+        raise ValueError(f"{source.name}: the volume holds {int((~finite).sum())} NaN or infinite grey "
+                         f"value(s) in the sampled slices; replace them (e.g. numpy.nan_to_num) first")
+    if sample.size and sample.min() == sample.max():
+        raise ValueError(f"{source.name}: the grey values are constant ({sample.flat[0]!r}) in the sampled "
+                         "slices: there is nothing to segment (a blank or wrongly exported volume?)")
+    return percentile_range(sample, lower, upper)
 
 
 # ------------------------------------------------------------------------------------ outputs

@@ -1,0 +1,89 @@
+"""Bad inputs of the commands (issue 20): each is refused with one clear message naming the file
+or key, before any work, and nothing is destroyed. In-process calls of the commands' functions."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.data.io import ImageReadError, write_tiff
+from src.models.segmentation import SegmentationModule
+from tests.helpers import compose
+
+CLASSES = ["NMC", "CBD", "pore"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2}
+    module = SegmentationModule(net=net, class_names=CLASSES, name="lrcsnet")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": {"normalize": {"lower": 0.5, "upper": 99.5}}}, path)
+    return path
+
+
+def _predict(ckpt: Path, image: Path | str, out: Path | str, *extra: str):
+    import predict
+
+    return predict.predict(compose("predict", [f"ckpt_path={ckpt}", f"input={image}", f"output={out}",
+                                               "progress=false", *extra]))
+
+
+def test_predict_refuses_output_equal_to_input_and_keeps_it(ckpt, tmp_path):
+    vol = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    write_tiff(tmp_path / "x.tif", vol)
+    with pytest.raises(ValueError, match="output=.*x.tif is also the input"):
+        _predict(ckpt, tmp_path / "x.tif", tmp_path / "x.tif", "overwrite=true")
+    np.testing.assert_array_equal(np.asarray(__import__("tifffile").imread(tmp_path / "x.tif")), vol)
+
+
+def test_predict_refuses_unwritable_output_before_work(ckpt, tmp_path):
+    write_tiff(tmp_path / "x.tif", np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): no unwritable folder")
+        with pytest.raises(PermissionError, match="output=.*locked.* is not writable"):
+            _predict(ckpt, tmp_path / "x.tif", locked / "seg.zarr")
+    finally:
+        locked.chmod(stat.S_IRWXU)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile is a file"):
+        _predict(ckpt, tmp_path / "x.tif", tmp_path / "afile" / "seg.zarr")
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("constant", "grey values are constant"),
+    ("nan", "NaN or infinite grey value"),
+    ("complex", "must be real numbers, got dtype complex"),
+    ("truncated", "truncated or corrupted TIFF|truncated TIFF"),
+])
+def test_predict_refuses_bad_volumes(ckpt, tmp_path, kind, match):
+    rng = np.random.default_rng(1)
+    vol = rng.random((6, 16, 16)).astype(np.float32)
+    path = tmp_path / "v.tif"
+    if kind == "constant":
+        write_tiff(path, np.full((6, 16, 16), 7, np.uint16))
+    elif kind == "nan":
+        vol[3, 4, 5] = np.nan
+        write_tiff(path, vol)
+    elif kind == "complex":
+        path = tmp_path / "v.npy"
+        np.save(path, vol + 1j * vol)
+    else:
+        write_tiff(path, vol)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises((ValueError, ImageReadError), match=match) as info:
+        _predict(ckpt, path, tmp_path / "seg.zarr")
+    assert str(path.name) in str(info.value)
+    assert not (tmp_path / "seg.zarr").exists()
