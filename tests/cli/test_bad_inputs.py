@@ -87,3 +87,22 @@ def test_predict_refuses_bad_volumes(ckpt, tmp_path, kind, match):
         _predict(ckpt, path, tmp_path / "seg.zarr")
     assert str(path.name) in str(info.value)
     assert not (tmp_path / "seg.zarr").exists()
+
+
+def test_an_error_is_one_line_and_the_traceback_on_request(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "analyze.py", f"volumes={tmp_path}/missing.tif", "voxel_size_nm=40",
+           f"output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "missing.tif" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert "missing.tif" in (tmp_path / "out" / "analyze.log").read_text()
+    full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**env, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr
