@@ -52,11 +52,19 @@ def predict(cfg: DictConfig) -> PredictionResult:
         result = predict_volume(
             predictor, source, cfg.output, value_range=value_range, save_probabilities=cfg.save_probabilities,
             class_names=list(module.class_names), rank=rank, world_size=world_size, overwrite=cfg.overwrite,
-            progress=cfg.progress, settings={"checkpoint": str(ckpt), "checkpoint_bytes": ckpt.stat().st_size},
+            progress=cfg.progress, settings={"checkpoint": str(ckpt), "checkpoint_bytes": ckpt.stat().st_size,
+                                             **_input_identity(input_path)},
         )
     log.info("rank %d: %d chunks predicted (%d already done) of %d, %.3g voxels/s%s", rank, len(result.computed),
              result.skipped, result.n_chunks, result.voxels_per_s, "; output complete" if result.finished else "")
     return result
+
+
+def _input_identity(path: str) -> dict:
+    """Size and modification time of the input: a resumed run refuses an input that changed
+    (the grey range sampled from it is compared too)."""
+    info = Path(path).stat()
+    return {"input_bytes": info.st_size, "input_mtime_ns": info.st_mtime_ns}
 
 
 if __name__ == "__main__":

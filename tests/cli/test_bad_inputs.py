@@ -106,3 +106,31 @@ def test_an_error_is_one_line_and_the_traceback_on_request(tmp_path):
     full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120,
                           env={**env, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr
+
+
+def test_resume_refuses_an_input_that_changed(ckpt, tmp_path, monkeypatch):
+    import time
+
+    from src.inference.tiled import TiledPredictor
+    from src.inference.volume_prediction import progress_dir
+
+    vol = np.random.default_rng(2).random((6, 16, 16)).astype(np.float32)
+    write_tiff(tmp_path / "x.tif", vol)
+    out = tmp_path / "seg.zarr"
+    real, calls = TiledPredictor.predict_tile, {"n": 0}
+
+    def dies_at_the_third(self, *args, **kwargs):  # a run killed after two chunks
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TiledPredictor, "predict_tile", dies_at_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        _predict(ckpt, tmp_path / "x.tif", out, "tiling.chunk=[1,null,null]")
+    monkeypatch.setattr(TiledPredictor, "predict_tile", real)
+    assert (progress_dir(out) / "manifest.json").exists()
+    time.sleep(0.01)
+    write_tiff(tmp_path / "x.tif", vol[::-1].copy())  # same size, other content and time
+    with pytest.raises(ValueError, match="cannot resume .*input_mtime_ns"):
+        _predict(ckpt, tmp_path / "x.tif", out, "tiling.chunk=[1,null,null]")
