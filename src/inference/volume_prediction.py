@@ -33,7 +33,7 @@ from src.data.io.volumes import (
     open_volume,
     output_exists,
     output_kind,
-    remove_output,
+    remove_partial_output,
 )
 
 if TYPE_CHECKING:  # for annotations only: tiled.py calls predict_volume
@@ -128,8 +128,7 @@ def _open_shared_output(output: Path, manifest: dict, n_classes: int, overwrite:
         lock = progress / "create.lock"
         if _try_lock(lock):
             try:
-                if output_exists(output):
-                    remove_output(output)
+                remove_partial_output(output)  # a finished output stays until the new one is complete
                 out = create_output(output, tuple(manifest["shape"]), tuple(manifest["chunk"]), n_classes,
                                     {"class_names": manifest["class_names"], "source": manifest["input"]})
                 write_json(manifest_path, manifest)

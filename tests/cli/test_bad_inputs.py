@@ -134,3 +134,42 @@ def test_resume_refuses_an_input_that_changed(ckpt, tmp_path, monkeypatch):
     write_tiff(tmp_path / "x.tif", vol[::-1].copy())  # same size, other content and time
     with pytest.raises(ValueError, match="cannot resume .*input_mtime_ns"):
         _predict(ckpt, tmp_path / "x.tif", out, "tiling.chunk=[1,null,null]")
+
+
+@pytest.mark.parametrize("name", ["seg.zarr", "seg.tif"])
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(ckpt, tmp_path, monkeypatch, name):
+    import tifffile
+    import zarr
+
+    from src.inference.tiled import TiledPredictor
+
+    def labels(path: Path) -> np.ndarray:
+        return (zarr.open_group(str(path), mode="r")["labels"][:] if path.suffix == ".zarr"
+                else tifffile.imread(path))
+
+    rng = np.random.default_rng(3)
+    write_tiff(tmp_path / "a.tif", rng.random((6, 16, 16)).astype(np.float32))
+    write_tiff(tmp_path / "b.tif", (rng.random((6, 16, 16)) ** 4).astype(np.float32))
+    out = tmp_path / name
+    _predict(ckpt, tmp_path / "a.tif", out, "tiling.chunk=[1,null,null]")
+    old = labels(out)
+    real, calls = TiledPredictor.predict_tile, {"n": 0}
+
+    def dies_at_the_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TiledPredictor, "predict_tile", dies_at_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        _predict(ckpt, tmp_path / "b.tif", out, "tiling.chunk=[1,null,null]", "overwrite=true")
+    np.testing.assert_array_equal(labels(out), old)  # a kill leaves the finished output whole
+    monkeypatch.setattr(TiledPredictor, "predict_tile", real)
+    result = _predict(ckpt, tmp_path / "b.tif", out, "tiling.chunk=[1,null,null]", "overwrite=true")
+    assert result.finished
+    new = labels(out)
+    expected = _predict(ckpt, tmp_path / "b.tif", tmp_path / f"fresh_{name}", "tiling.chunk=[1,null,null]")
+    assert expected.finished
+    np.testing.assert_array_equal(new, labels(tmp_path / f"fresh_{name}"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

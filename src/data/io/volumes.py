@@ -291,6 +291,21 @@ class ZarrOutput(VolumeOutput):
 
     def finalize(self) -> None:
         self.group.attrs["complete"] = True
+        final = self.group.attrs.get("final_path")
+        if final and Path(final) != self.path:  # a replacement staged beside the old output
+            final = Path(final)
+            trash = final.with_name(f".{final.name}.replaced")
+            shutil.rmtree(trash, ignore_errors=True)
+            if final.exists():
+                os.replace(final, trash)  # the old output stays whole until the new one is
+            os.replace(self.path, final)
+            shutil.rmtree(trash, ignore_errors=True)
+            self.path = final
+
+
+def zarr_partial(path: Path) -> Path:
+    """Where a Zarr output that replaces a finished one is filled (moved to ``path`` at the end)."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def _tiff_data(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
@@ -362,19 +377,39 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 
 def create_output(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], n_classes: int,
                   attrs: dict | None = None) -> VolumeOutput:
-    """A new output at ``path`` (``n_classes`` 0: labels only)."""
+    """A new output at ``path`` (``n_classes`` 0: labels only). A finished output already at
+    ``path`` is replaced only when the new one is complete: TIFFs fill hidden partial files,
+    a Zarr store is staged at :func:`zarr_partial` and moved in place by ``finalize``."""
     spec = {"shape": shape, "chunks": chunks, "n_classes": n_classes, "attrs": attrs or {}}
-    return ZarrOutput(path, spec) if output_kind(path) == "zarr" else TiffOutput(path, spec)
+    if output_kind(path) == "tiff":
+        return TiffOutput(path, spec)
+    if path.exists():
+        spec["attrs"] = {**spec["attrs"], "final_path": str(path)}
+        return ZarrOutput(zarr_partial(path), spec)
+    return ZarrOutput(path, spec)
 
 
 def open_output(path: Path) -> VolumeOutput:
     """The unfinished output at ``path`` (to resume it)."""
-    return ZarrOutput(path) if output_kind(path) == "zarr" else TiffOutput(path)
+    if output_kind(path) == "tiff":
+        return TiffOutput(path)
+    return ZarrOutput(zarr_partial(path) if zarr_partial(path).exists() else path)
+
+
+def remove_partial_output(path: Path) -> None:
+    """Delete what an unfinished run left (partial files or staged store), not a finished output."""
+    targets = ([zarr_partial(path)] if output_kind(path) == "zarr"
+               else [tiff_partial(path), tiff_partial(probabilities_path(path))])
+    for target in targets:
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def remove_output(path: Path) -> None:
     """Delete an output (store or files, finished or partial)."""
-    targets = [path] if output_kind(path) == "zarr" else [
+    targets = [path, zarr_partial(path)] if output_kind(path) == "zarr" else [
         path, probabilities_path(path), tiff_partial(path), tiff_partial(probabilities_path(path))]
     for target in targets:
         if target.is_dir():
