@@ -111,6 +111,9 @@ def test_other_loggers(tiny_data, tmp_path, logger, monkeypatch):
     import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI into this process: undone after the test,
+    # so that later subprocess runs do not log into this test's database
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     overrides = tiny_train_overrides(tiny_data, tmp_path, logger=logger) + ["trainer.max_epochs=1"]
     metrics = train.train(compose("train", overrides))
     assert "val/miou" in metrics

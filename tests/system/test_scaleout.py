@@ -42,6 +42,7 @@ def test_ddp_reduces_validation_exactly_and_only_rank0_writes(tiny_data, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "support"), os.environ.get("PYTHONPATH", "")]),
            "AUDIT_WRITES_UNDER": str(tmp_path), "AUDIT_WRITES_TO": str(audit)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite store, whatever an earlier test exported
     result = subprocess.run(
         [sys.executable, "train.py", *cli_overrides(tiny_data, run_dir, logger="many"), *LEARNING, "trainer=ddp_cpu",
          "trainer.max_epochs=1", "data.val_max_tiles=9"],  # 9 tiles: shares of 5 and 4, none repeated
