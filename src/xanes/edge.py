@@ -58,6 +58,7 @@ __all__ = [
     "smooth_spectra",
     "steepest_slope_energy",
     "white_line_energy",
+    "MIN_RELATIVE_JUMP",
     "window_rows",
 ]
 
@@ -108,14 +109,43 @@ class EdgeRanges:
 
 @dataclass
 class NormalizedSpectra:
-    """Result of :func:`normalize_spectra`; arrays shaped like the input (energy first)."""
+    """Result of :func:`normalize_spectra`; arrays shaped like the input (energy first).
 
-    norm: np.ndarray  # (E, ...) normalised spectra (0 before the edge, ~1 after)
+    ``significant`` is False where the edge jump is not distinguishable from rounding:
+    ``|jump| <= min_relative_jump * scale``, ``scale`` being the larger rms magnitude of the
+    spectrum over the pre-edge and post-edge fit ranges (see :data:`MIN_RELATIVE_JUMP`). Such
+    spectra have no edge; their ``norm`` is NaN, so every energy and fraction derived from it is
+    NaN on every CPU and library version.
+    """
+
+    norm: np.ndarray  # (E, ...) normalised spectra (0 before the edge, ~1 after; NaN if not significant)
     jump: np.ndarray  # (...) edge jump post(e0) - pre(e0), input units
+    significant: np.ndarray  # (...) bool, the jump stands above rounding (see above)
     pre_noise: np.ndarray  # (...) rms residual of the pre-edge line, input units
     pre_coef: np.ndarray  # (2, ...) intercept, slope (per eV, about e0)
     post_coef: np.ndarray  # (order + 1, ...) polynomial in (E - e0)
     ranges: EdgeRanges = field(default_factory=EdgeRanges)
+
+
+MIN_RELATIVE_JUMP = 1e-3
+"""Smallest edge jump, relative to the spectrum's magnitude, that counts as an edge.
+
+Float32 rounding of a spectrum is ~6e-8 of its magnitude and the least-squares line fits over
+tens of energies amplify it at most ~1e2, so a jump below 1e-3 of the magnitude is rounding
+with a wide margin, whatever the CPU's kernels; measured Ni K-edges of electrodes have jumps of
+1e-2 (thin particle on a thick background) to ~1 of the pre-edge level. The noise-relative test
+(``min_jump_snr`` of the per-voxel analysis) comes on top of this one; with noiseless data its
+noise estimate is zero and this rule alone separates "no edge" from "edge".
+"""
+
+
+def _significant(jump: np.ndarray, y: np.ndarray, pre: slice, post: slice,
+                 min_relative_jump: float) -> np.ndarray:
+    """``|jump| > min_relative_jump * scale`` (see :class:`NormalizedSpectra`), per column of
+    ``y`` ``(E, N)``; False where the jump is not finite."""
+    scale = np.maximum(np.sqrt((y[pre] ** 2).mean(0)), np.sqrt((y[post] ** 2).mean(0)))
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(jump) & (np.abs(jump) > min_relative_jump * scale) & (np.abs(jump) > 0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +177,8 @@ def edge_shape(energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges | N
     n = normalize_spectra(energies, mean, ranges)
     pre0, pre1 = (float(v) for v in n.pre_coef)
     jump = float(n.jump)
+    if not bool(n.significant):
+        return None
     lo, hi = ranges.absolute("pre")[0] - ranges.e0, ranges.absolute("post")[1] - ranges.e0
     if not jump > 0 or min(abs(pre0 + pre1 * lo), abs(pre0 + pre1 * hi), abs(pre0)) < 0.05 * jump \
             or (pre0 + pre1 * lo) * (pre0 + pre1 * hi) <= 0:
@@ -227,16 +259,20 @@ def window_rows(energies: np.ndarray, window: tuple[float, float], margin: int =
 
 def normalize_spectra(
     energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges | None = None,
-    shape: EdgeShape | None = None,
+    shape: EdgeShape | None = None, min_relative_jump: float = MIN_RELATIVE_JUMP,
 ) -> NormalizedSpectra:
     """Pre-edge / post-edge normalisation of ``spectra`` ``(E, ...)`` (see the module doc);
-    with ``shape`` the line slopes and the post-edge curvature are the shared ones."""
+    with ``shape`` the line slopes and the post-edge curvature are the shared ones. Spectra
+    whose jump is below ``min_relative_jump`` of their magnitude get NaN ``norm`` (see
+    :class:`NormalizedSpectra`)."""
     ranges = ranges or EdgeRanges()
+    if not min_relative_jump >= 0:
+        raise ValueError(f"min_relative_jump must be >= 0, got {min_relative_jump}")
     if shape is not None:
         if len(shape.post) != ranges.post_order + 1:
             raise ValueError(f"EdgeShape.post has {len(shape.post)} coefficients, post_order "
                              f"{ranges.post_order} needs {ranges.post_order + 1}")
-        return _normalize_shared(energies, spectra, ranges, shape)
+        return _normalize_shared(energies, spectra, ranges, shape, min_relative_jump)
     energies, flat, rest = _check(energies, spectra)
     dtype = np.result_type(flat.dtype, np.float32)  # float32 stays float32 (half the memory traffic)
     y = flat.astype(dtype, copy=False)
@@ -251,7 +287,8 @@ def normalize_spectra(
     jump = post_coef[0] - pre_coef[0]  # both evaluated at e0
     resid = y[pre] - a_pre.astype(dtype) @ pre_coef
     pre_noise = np.sqrt((resid ** 2).mean(0))
-    inv = np.where(np.abs(jump) > 0, 1 / np.where(jump == 0, 1, jump), np.nan).astype(dtype)
+    significant = _significant(jump, y, pre, post, min_relative_jump)
+    inv = np.where(significant, 1 / np.where(significant, jump, 1), np.nan).astype(dtype)
     norm = np.multiply(de_c, pre_coef[1])  # the pre-edge line, then (y - line) / jump in place
     norm += pre_coef[0]
     np.subtract(y, norm, out=norm)
@@ -263,12 +300,14 @@ def normalize_spectra(
         norm[tail] -= (post_curve - pre_tail) * inv - 1  # the post-edge curvature, 0 at e0
     return NormalizedSpectra(
         norm=norm.reshape(energies.size, *rest), jump=jump.reshape(rest),
+        significant=significant.reshape(rest),
         pre_noise=pre_noise.reshape(rest), pre_coef=pre_coef.reshape(2, *rest),
         post_coef=post_coef.reshape(-1, *rest), ranges=ranges)
 
 
 def _normalize_shared(
-    energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges, shape: EdgeShape
+    energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges, shape: EdgeShape,
+    min_relative_jump: float,
 ) -> NormalizedSpectra:
     """:func:`normalize_spectra` with the shared ``shape``: a one-parameter least-squares fit
     of the pre-edge level, then of the jump, per voxel."""
@@ -285,7 +324,8 @@ def _normalize_shared(
     pre_noise = np.sqrt((resid ** 2).mean(0))
     curve = sum(c * de ** k for k, c in enumerate(shape.post))  # (E,) post-edge above the line, per unit jump
     jump = (curve[post] / (curve[post] @ curve[post])).astype(dtype) @ (y[post] - pre_fit[post])
-    inv = np.where(np.abs(jump) > 0, 1 / np.where(jump == 0, 1, jump), np.nan).astype(dtype)
+    significant = _significant(jump, y, pre, post, min_relative_jump)
+    inv = np.where(significant, 1 / np.where(significant, jump, 1), np.nan).astype(dtype)
     norm = y - pre_fit
     norm *= inv
     if ranges.flatten:
@@ -296,6 +336,7 @@ def _normalize_shared(
     post_coef[:2] += pre_coef
     return NormalizedSpectra(
         norm=norm.reshape(energies.size, *rest), jump=jump.reshape(rest),
+        significant=significant.reshape(rest),
         pre_noise=pre_noise.reshape(rest), pre_coef=pre_coef.reshape(2, *rest),
         post_coef=post_coef.reshape(-1, *rest), ranges=ranges)
 
@@ -422,7 +463,8 @@ def half_jump_energy_fit(
 def steepest_slope_energy(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], smooth_points: int = 0
 ) -> np.ndarray:
-    """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola."""
+    """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola; NaN
+    where ``norm`` has no finite value there."""
     energies, y, rest = _check(energies, norm)
     rows = window_rows(energies, window, margin=1 + smooth_points // 2)
     energies, y = energies[rows], smooth_spectra(energies[rows], y[rows], smooth_points)
@@ -437,7 +479,8 @@ def white_line_energy(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], half_width: float = 3.0
 ) -> np.ndarray:
     """Energy (eV) of the white-line peak: parabola least-squares fit of the samples within
-    ``± half_width`` eV of the maximum inside ``window`` (absolute eV)."""
+    ``± half_width`` eV of the maximum inside ``window`` (absolute eV); NaN where ``norm`` has no
+    finite value there."""
     energies, y, rest = _check(energies, norm)
     return _refined_argmax(energies, y, window, half_width=half_width).reshape(rest)
 
@@ -446,7 +489,8 @@ def _refined_argmax(
     energies: np.ndarray, y: np.ndarray, window: tuple[float, float], half_width: float | None
 ) -> np.ndarray:
     """Peak position of ``y`` ``(E, N)`` inside ``window``: a least-squares parabola over the
-    samples within ``half_width`` eV of the maximum (None: the 3 samples around it)."""
+    samples within ``half_width`` eV of the maximum (None: the 3 samples around it); NaN for
+    columns with no finite sample inside ``window``."""
     rows = window_rows(energies, window)
     e = energies[rows]
     if e.size < 3:
@@ -495,7 +539,7 @@ def _refined_argmax(
     good = ok & (c2 < 0)
     span = half_width if half_width is not None else np.max(np.diff(e))
     vertex = np.where(good, np.clip(vertex, peak_e - span, peak_e + span), peak_e)
-    return np.clip(vertex, e[0], e[-1])
+    return np.where(np.isfinite(ys).any(0), np.clip(vertex, e[0], e[-1]), np.nan)
 
 
 @dataclass

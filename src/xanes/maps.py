@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from src.data.io import to_jsonable, write_json, write_tiff
 from src.xanes.edge import (
+    MIN_RELATIVE_JUMP,
     EdgeRanges,
     EdgeShape,
     edge_shape,
@@ -67,7 +68,12 @@ class XanesAnalysisConfig:
     ``coarse_smooth`` in eV) or ``"crossing"`` (first crossing after smoothing,
     :func:`~src.xanes.edge.half_jump_energy`); ``smooth_points``: Savitzky–Golay window
     (samples) along energy before the crossing and the slope search (0 = off); ``min_jump``:
-    absolute minimum edge jump; ``min_jump_snr``: minimum jump / pre-edge rms noise; ``nonnegative``/``sum_to_one``: LCF constraints;
+    absolute minimum edge jump; ``min_jump_snr``: minimum jump / pre-edge rms noise;
+    ``min_relative_jump``: minimum jump / the spectrum's rms magnitude (the scale-aware "is there
+    an edge at all" rule, :data:`~src.xanes.edge.MIN_RELATIVE_JUMP`; it also holds for
+    noiseless data, where the noise estimate is zero). A voxel is valid only when it passes all
+    three; invalid voxels get NaN edge, white-line, weights, oxidation state and SOC;
+    ``nonnegative``/``sum_to_one``: LCF constraints;
     ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
     ``workers``: threads working on batches at once (None: one per CPU core).
     """
@@ -81,6 +87,7 @@ class XanesAnalysisConfig:
     smooth_points: int = 11
     min_jump: float = 0.0
     min_jump_snr: float = 3.0
+    min_relative_jump: float = MIN_RELATIVE_JUMP
     nonnegative: bool = True
     sum_to_one: bool = False
     oxidation_states: tuple[float, ...] = (2.0, 3.0)
@@ -158,8 +165,8 @@ def analyze_stack(
         sl = slice(start, start + cfg.chunk_voxels)
         cols = slice(idx[sl][0], idx[sl][-1] + 1) if contiguous else idx[sl]  # a view when possible
         y = np.asarray(flat[:, cols], np.float32)
-        n = normalize_spectra(energies, y, cfg.ranges, shape)
-        valid = (n.jump > cfg.min_jump) & (n.jump > cfg.min_jump_snr * n.pre_noise)
+        n = normalize_spectra(energies, y, cfg.ranges, shape, cfg.min_relative_jump)
+        valid = n.significant & (n.jump > cfg.min_jump) & (n.jump > cfg.min_jump_snr * n.pre_noise)
         norm = np.nan_to_num(n.norm)
         smooth = smooth_spectra(e_rows, norm[rows], cfg.smooth_points)
         values["jump"][sl] = n.jump

@@ -196,16 +196,58 @@ def test_normalisation_of_a_synthetic_edge():
     with pytest.raises(ValueError, match="degree"):
         half_jump_energy_fit(e, n.norm, r.absolute("edge"), degree=0)
     assert np.allclose(steepest_slope_energy(e, n.norm, r.absolute("edge")), 8345.0, atol=0.05)
-    flat = np.stack([np.full_like(e, 2.0)] * 2, 1)
-    assert np.isnan(half_jump_energy(e, normalize_spectra(e, flat + 1e-9 * e[:, None], r).norm,
-                                     r.absolute("edge"))).all()
-    assert np.isnan(half_jump_energy_fit(e, normalize_spectra(e, flat + 1e-9 * e[:, None], r).norm,
-                                         r.absolute("edge"))).all()
+    assert n.significant.all()
     assert edge_shape(e, mu - 2.0, r) is None  # a pre-edge line through 0 at e0: no relative slope
     with pytest.raises(ValueError, match="pre-edge range"):
         normalize_spectra(e[100:], mu[100:], r)
     with pytest.raises(ValueError, match="energy axis first"):
         normalize_spectra(e, mu[:-1], r)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.0, 1e-12, 1e-9, 1e-7])
+def test_a_spectrum_without_edge_is_not_significant(dtype, slope):
+    """No edge (a constant or tiny-slope spectrum, exact zero noise): the jump is rounding, so the
+    rule marks it not significant and every derived energy is NaN, whatever the CPU's kernels."""
+    e = np.linspace(8300, 8400, 201)
+    r = EdgeRanges(e0=8345.0, pre=(-45.0, -20.0), post=(25.0, 55.0))
+    ramp = 1 + slope * (e - 8300)  # a slope relative to the level (2.0 + 1e-9 E: the report's)
+    flat = np.stack([2.0 * ramp, 3e4 * ramp, np.zeros_like(e)], 1).astype(dtype)
+    for shape in (None, edge_shape(e, 2.0 + 0.7 / (1 + np.exp(-(e - 8345) / 1.5)), r)):
+        n = normalize_spectra(e, flat, r, shape)
+        assert not n.significant.any()
+        assert np.isnan(n.norm).all()
+        for est in (half_jump_energy(e, n.norm, r.absolute("edge")),
+                    half_jump_energy_fit(e, n.norm, r.absolute("edge")),
+                    white_line_energy(e, n.norm, r.absolute("white_line"))):
+            assert np.isnan(est).all()
+    assert edge_shape(e, flat[:, :2], r) is None
+    # a real edge of 1e-2 of the level (thin particle, thick background) stays significant
+    weak = (2.0 + 0.02 / (1 + np.exp(-(e - 8345) / 1.5))).astype(dtype)
+    assert normalize_spectra(e, weak, r).significant
+    with pytest.raises(ValueError, match="min_relative_jump"):
+        normalize_spectra(e, weak, r, min_relative_jump=-1.0)
+
+
+def test_flat_voxels_get_nan_in_every_map():
+    """analyze_stack: noiseless voxels without an edge (where min_jump_snr alone cannot decide,
+    the noise estimate being 0) get NaN edge, white line, weights and SOC; edge voxels do not."""
+    from src.xanes.maps import XanesAnalysisConfig, analyze_stack
+
+    refs = _refs()
+    e = np.arange(8250.0, 8450.0, 1.0)
+    r = EdgeRanges(e0=8345.0, pre=(-95.0, -25.0), post=(55.0, 104.0))
+    edge = np.interp(e, *refs[0])
+    stack = np.empty((e.size, 2, 3), np.float32)
+    stack[:, 0] = (0.3 + edge)[:, None]  # noiseless NiO-like voxels
+    stack[:, 1] = (2.0 + 1e-9 * (e - 8250))[:, None]  # flat, noiseless
+    maps = analyze_stack(e, stack, references=refs, reference_names=["NiO", "LiNiO2"],
+                         cfg=XanesAnalysisConfig(ranges=r, workers=1))
+    for key in ("edge_energy", "edge_energy_slope", "white_line", "soc", "oxidation_state",
+                "weight_NiO", "edge_energy_lcf"):
+        assert np.isfinite(maps[key][0]).all(), key
+        assert np.isnan(maps[key][1]).all(), key
+    assert (maps["valid"][0] == 1).all() and (maps["valid"][1] == 0).all()
 
 
 def test_mixture_lookup_is_monotonic_between_end_members():
