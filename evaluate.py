@@ -45,9 +45,12 @@ def evaluate(cfg: DictConfig) -> dict:
         class_names = None
     else:
         def load():
-            return baseline_segmenter(cfg.method.name, lambda: hydra.utils.instantiate(cfg.method.segmenter),
-                                      list(cfg.class_names), cfg.images, cfg.method.get("train_images"),
-                                      cfg.method.get("train_labels"), bool(cfg.save_probabilities))
+            method = cfg.method
+            train_labels = method.get("train_labels")  # train_images is mandatory (???) once labelled
+            train_images = method.train_images if train_labels is not None and "train_images" in method.keys() else None
+            return baseline_segmenter(method.name, lambda: hydra.utils.instantiate(method.segmenter),
+                                      list(cfg.class_names), cfg.images, train_images, train_labels,
+                                      bool(cfg.save_probabilities))
         class_names = list(cfg.class_names)
     return evaluate_segmentation(
         cfg.images, cfg.labels, Path(cfg.output_dir), load, class_names,
