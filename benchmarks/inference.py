@@ -242,21 +242,31 @@ def _status_kb(pid: int, field: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def run_polled(cmd: list[str], env: dict, interval: float = 0.01) -> tuple[subprocess.CompletedProcess, dict]:
+def run_polled(cmd: list[str], env: dict, interval: float = 0.01,
+               output: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Run ``cmd``, polling its ``/proc/<pid>/status`` every ``interval`` s from this (parent)
     process; returns the process and the peaks (MB) of ``RssAnon`` (anonymous memory: heap,
-    tensors; not the page cache of memory-mapped inputs), ``RssFile`` and ``VmRSS``."""
+    tensors; not the page cache of memory-mapped inputs), ``RssFile`` and ``VmRSS``. With the
+    prediction's ``output``, ``timeline`` lists [chunks done, peak RssAnon so far (MB)] each time
+    a chunk's done-marker appears (the growth within one run)."""
     import threading
 
     peaks = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+    timeline: list[list[float]] = []
+    done = output.with_name(output.name + ".progress") / "done" if output is not None else None
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
         stop = threading.Event()
 
         def poll() -> None:
+            last = 0
             while not stop.is_set():
                 for k in peaks:
                     peaks[k] = max(peaks[k], _status_kb(proc.pid, k))
+                n = sum(1 for _ in done.iterdir()) if done is not None and done.is_dir() else 0
+                if n > last:
+                    timeline.append([n, round(peaks["RssAnon"] / 1024, 1)])
+                    last = n
                 stop.wait(interval)
 
         thread = threading.Thread(target=poll, daemon=True)
@@ -266,8 +276,8 @@ def run_polled(cmd: list[str], env: dict, interval: float = 0.01) -> tuple[subpr
         thread.join()
         out.seek(0)
         err.seek(0)
-        done = subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
-    return done, {k: v / 1024 for k, v in peaks.items()}
+        result = subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+    return result, {**{k: v / 1024 for k, v in peaks.items()}, "timeline": timeline}
 
 
 def memory(a: argparse.Namespace) -> None:
@@ -297,7 +307,7 @@ def memory(a: argparse.Namespace) -> None:
                     cmd = [sys.executable, "predict.py", f"ckpt_path={ckpt}", f"input={volume}", f"output={out}",
                            "progress=false", "overwrite=true", f"hydra.run.dir={tmp}/run", *a.overrides]
                     t0 = time.perf_counter()
-                    proc, peaks = run_polled(cmd, {**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+                    proc, peaks = run_polled(cmd, {**os.environ, "OMP_NUM_THREADS": str(a.threads)}, output=out)
                     seconds = time.perf_counter() - t0
                     if proc.returncode:
                         raise RuntimeError(proc.stderr[-3000:] + proc.stdout[-3000:])
@@ -312,7 +322,7 @@ def memory(a: argparse.Namespace) -> None:
                            "seconds": seconds, "mvox_s": float(vps.group(1)) / 1e6 if vps else float("nan"),
                            "rss_anon_mb": peaks["RssAnon"], "rss_file_mb": peaks["RssFile"], "vm_rss_mb": peaks["VmRSS"],
                            "tiling": tiling.group(1).strip() if tiling else "-", "fractions": np.round(fractions, 3).tolist(),
-                           "overrides": " ".join(a.overrides)}
+                           "overrides": " ".join(a.overrides), "timeline": peaks["timeline"]}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 volume.unlink()

@@ -42,6 +42,8 @@ DEFAULT_CHUNK_3D = (128, 128, 128)
 ACTIVATION_SAFETY = 1.15
 #: side of the square probe slice whose forward pass measures the activation memory
 PROBE_SIDE = 512
+#: raw bytes read (and normalised) at a time into a chunk's float32 tile
+READ_SLAB_BYTES = 8 << 20
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -258,15 +260,27 @@ class TiledPredictor:
 
     def read_tile(self, source: VolumeSource, grid: ChunkGrid, index: int,
                   value_range: tuple[float, float]) -> torch.Tensor:
-        """The normalised float32 net input of chunk ``index``: (z, y, x) of the tile."""
+        """The normalised float32 net input of chunk ``index``: (z, y, x) of the tile.
+
+        Read and normalised a slab of slices at a time (about :data:`READ_SLAB_BYTES` of raw
+        data) into the one float32 tile, so the only other memory it takes is one raw slab."""
         bounds = grid.tile(index)
-        if source.ndim == 2:
-            tile = read_padded(source, bounds[1:], source.shape)[None]
-        else:
-            tile = read_padded(source, bounds, source.shape)
         lo, hi = value_range
-        x = np.asarray(tile, dtype=np.float32) - np.float32(lo)
-        x *= np.float32(1.0 / (hi - lo))
+        scale = np.float32(1.0 / (hi - lo))
+        if source.ndim == 2 or bounds[0][1] > source.shape[0]:  # a 2D image, or padded along z: at once
+            tile = read_padded(source, bounds[1:], source.shape)[None] if source.ndim == 2 else \
+                read_padded(source, bounds, source.shape)
+            x = np.asarray(tile, dtype=np.float32) - np.float32(lo)
+            x *= scale
+        else:
+            (z0, z1), plane = bounds[0], bounds[1:]
+            x = np.empty((z1 - z0, *(b - a for a, b in plane)), np.float32)
+            step = max(1, READ_SLAB_BYTES // max(1, x[0].size * source.dtype.itemsize))
+            for z in range(z0, z1, step):
+                part = x[z - z0:min(z + step, z1) - z0]
+                part[...] = read_padded(source, ((z, min(z + step, z1)), *plane), source.shape)
+                part -= np.float32(lo)
+                part *= scale
         t = torch.from_numpy(x)
         return t.pin_memory() if self.device.type == "cuda" else t
 
@@ -292,6 +306,15 @@ class TiledPredictor:
         """The largest net input (tile) of a chunk of ``grid``: chunk plus halos, clipped."""
         return tuple(min(p, c + 2 * h + (self.size_multiple if h else 0))
                      for p, c, h in zip(grid.padded, grid.chunk, grid.halo, strict=True))
+
+    def pipeline_bytes(self, grid: ChunkGrid, itemsize: int = 4, n_classes: int = 0) -> int:
+        """Host buffers of the read-ahead/compute/write pipeline at its fullest: ``prefetch`` + 1
+        float32 tiles, the raw and padded copies of the slab being read (``itemsize`` bytes a
+        voxel; the whole tile where it is read at once), and labels (plus ``n_classes`` float32
+        probabilities) of 4 chunks being assembled, queued, written and encoded."""
+        tz, ty, tx = self.tile_shape(grid)
+        raw = min(tz * ty * tx, max(ty * tx, READ_SLAB_BYTES // max(1, int(itemsize))) if tz > 1 else ty * tx)
+        return (self.prefetch + 1) * 4 * tz * ty * tx + 2 * int(itemsize) * raw + 4 * int(np.prod(grid.chunk)) * (1 + 4 * n_classes)
 
     def activation_bytes_per_pixel(self, probabilities: bool = False, side: tuple[int, int] | None = None) -> tuple[float, int]:
         """Measured activation memory of one 2D forward pass (with the argmax, and softmax when
@@ -327,8 +350,8 @@ class TiledPredictor:
         peak fits, else one slice at a time cut into the fewest pixels of 2D tiles that fit.
 
         Estimate: the process's anonymous RSS now (CPU; the net, libraries) + the pipeline's
-        buffers (``prefetch`` + 1 float32 tiles, the raw and padded read, labels and
-        probabilities of up to 5 chunks in flight) + the measured activation bytes per pixel
+        buffers (``prefetch`` + 1 float32 tiles, the raw slab being read, labels and
+        probabilities of up to 4 chunks in flight) + the measured activation bytes per pixel
         (:meth:`activation_bytes_per_pixel`) × :data:`ACTIVATION_SAFETY` × pixels per pass."""
         key = (grid, int(itemsize), bool(probabilities))
         if key in self._plans:
@@ -346,9 +369,7 @@ class TiledPredictor:
         tz, ty, tx = self.tile_shape(grid)
         bpp, n_classes = self.activation_bytes_per_pixel(probabilities, (ty, tx))
         cost = bpp * ACTIVATION_SAFETY
-        tile_vox, core_vox = tz * ty * tx, int(np.prod(grid.chunk))
-        buffers = ((self.prefetch + 1) * 4 + 2 * int(itemsize)) * tile_vox
-        buffers += 5 * core_vox * (1 + (4 * n_classes if probabilities else 0))
+        buffers = self.pipeline_bytes(grid, itemsize, n_classes if probabilities else 0)
         cpu = self.device.type == "cpu"
         base = rss_anon() if cpu else 0
         budget = limit - base - (buffers if cpu else 0)
@@ -364,12 +385,18 @@ class TiledPredictor:
             halo = tuple(_ceil_to(h, m) for h in self._net_halo())
             cy, cx = min(grid.chunk[1], ty), min(grid.chunk[2], tx)
             best, smallest = None, None
+            def widest(c: int, t: int, s: int, h: int, spans: bool) -> int:
+                """The widest input of pieces of ``s`` px of a ``c`` px core in a ``t`` px tile:
+                two of them at the edges of a slice the chunk spans have context on one side."""
+                n = -(-c // s)
+                return t if n == 1 else min(t, s + (h if spans and n == 2 else 2 * h))
+
             for ny in range(1, min(64, -(-cy // m)) + 1):
                 sy = _ceil_to(-(-cy // ny), m)
-                iy = min(ty, sy + 2 * halo[0])
+                iy = widest(cy, ty, sy, halo[0], grid.halo[1] == 0)
                 for nx in range(1, min(64, -(-cx // m)) + 1):
                     sx = _ceil_to(-(-cx // nx), m)
-                    ix = min(tx, sx + 2 * halo[1])
+                    ix = widest(cx, tx, sx, halo[1], grid.halo[2] == 0)
                     n = -(-cy // sy) * -(-cx // sx)
                     est = iy * ix * cost
                     cand = (n * iy * ix, n, (sy, sx), (-(-cy // sy), -(-cx // sx)), est)

@@ -267,7 +267,7 @@ def predict_volume(
             labels, probs = predictor.predict_tile(tile, grid, index, save_probabilities, plan)
             del tile
             writes.append(writer.submit(write, index, labels, probs))
-            while len(writes) > 2 or (writes and writes[0].done()):
+            while len(writes) > 1 or (writes and writes[0].done()):  # one chunk written while the next computes
                 writes.popleft().result()
             trim_freed_memory()
             bar.update(grid.voxels(index))
