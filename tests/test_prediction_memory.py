@@ -61,7 +61,7 @@ def test_small_max_memory_tiles_slices_with_identical_labels(net, m, chunk, monk
     image = np.random.default_rng(0).random((5, 301, 333)).astype(np.float32)
     ref = predict_volume(TiledPredictor(net, 2, m, chunk=chunk), image, value_range=(0, 1), save_probabilities=True,
                          progress=False)
-    predictor = bounded(net, m, image.shape, 0.6, chunk, probabilities=True, monkeypatch=monkeypatch)
+    predictor = bounded(net, m, image.shape, 0.7, chunk, probabilities=True, monkeypatch=monkeypatch)
     plan = predictor.plan(predictor.grid(image.shape), 4, True)
     assert plan.batch == 1 and plan.tiles[0] * plan.tiles[1] > 1, plan
     assert all(c % m == 0 for c in plan.core) and plan.halo[0] >= predictor._net_halo()[0]
@@ -69,7 +69,7 @@ def test_small_max_memory_tiles_slices_with_identical_labels(net, m, chunk, monk
     out = predict_volume(predictor, image, value_range=(0, 1), save_probabilities=True, progress=False)
     np.testing.assert_array_equal(out.labels, ref.labels)
     np.testing.assert_allclose(out.probabilities, ref.probabilities, atol=1e-6)
-    labels_only = bounded(net, m, image.shape, 0.6, chunk, monkeypatch=monkeypatch)
+    labels_only = bounded(net, m, image.shape, 0.7, chunk, monkeypatch=monkeypatch)
     np.testing.assert_array_equal(labels_only.predict(image, progress=False), ref.labels)
 
 
