@@ -35,17 +35,19 @@ def test_sizes_and_auto():
 
 
 def bounded(net, m: int, image_shape, budget_fraction: float, chunk=None, probabilities=False, monkeypatch=None,
-            **kw) -> TiledPredictor:
+            halo_of: TiledPredictor | None = None, **kw) -> TiledPredictor:
     """A predictor whose plan sees a process of no base memory, activations of BPP bytes per
     pixel and max_memory = its pipeline buffers + ``budget_fraction`` of one whole tile's
     activations: deterministic, whatever else the test process holds."""
     monkeypatch.setattr(tiled, "rss_anon", lambda: 0)
     probe = TiledPredictor(net, 2, m, chunk=chunk, **kw)
+    probe._exact_halo = halo_of._net_halo() if halo_of is not None else None  # measured once per test
     grid = probe.grid(image_shape)
     _, ty, tx = probe.tile_shape(grid)
     limit = probe.pipeline_bytes(grid, 4, 3 if probabilities else 0) + budget_fraction * ty * tx * BPP * ACTIVATION_SAFETY
     predictor = TiledPredictor(net, 2, m, chunk=chunk, max_memory=int(limit), **kw)
     predictor._bytes_per_pixel = {False: (BPP, 3), True: (BPP, 3)}
+    predictor._exact_halo = probe._net_halo()
     return predictor
 
 
@@ -59,9 +61,9 @@ def test_small_max_memory_tiles_slices_with_identical_labels(net, m, chunk, monk
     torch.manual_seed(0)
     net.eval()
     image = np.random.default_rng(0).random((2, 301, 333)).astype(np.float32)
-    ref = predict_volume(TiledPredictor(net, 2, m, chunk=chunk), image, value_range=(0, 1), save_probabilities=True,
-                         progress=False)
-    predictor = bounded(net, m, image.shape, 0.7, chunk, probabilities=True, monkeypatch=monkeypatch)
+    whole = TiledPredictor(net, 2, m, chunk=chunk)
+    ref = predict_volume(whole, image, value_range=(0, 1), save_probabilities=True, progress=False)
+    predictor = bounded(net, m, image.shape, 0.7, chunk, probabilities=True, monkeypatch=monkeypatch, halo_of=whole)
     plan = predictor.plan(predictor.grid(image.shape), 4, True)
     assert plan.batch == 1 and plan.tiles[0] * plan.tiles[1] > 1, plan
     assert all(c % m == 0 for c in plan.core) and plan.halo[0] >= predictor._net_halo()[0]
