@@ -287,6 +287,10 @@ def memory(a: argparse.Namespace) -> None:
 
     from src.models.segmentation_module import SegmentationModule
 
+    if a.shape is not None:
+        if a.shape[1] != a.shape[2]:
+            raise SystemExit(f"--shape: slices must be square (y = x), got {a.shape}")
+        a.slices, a.sides = [a.shape[0]], [a.shape[1]]
     rows = []
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {a.threads} threads, {time.strftime('%Y-%m-%d')}"
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
@@ -353,6 +357,8 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--slices", type=int, nargs="+", default=[256, 1024, 2048], help="volume depths (z)")
     m.add_argument("--sides", type=int, nargs="+", default=[1024], help="square slice sides (y = x)")
+    m.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="one volume (square slices, y = x), instead of --slices/--sides")
     m.add_argument("--models", nargs="+", default=["lrcsnet", "unet"], choices=sorted(NETS))
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--tmp", default=None)
