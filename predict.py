@@ -2,8 +2,10 @@
 ``python predict.py ckpt_path=CKPT input=scan.tif output=scan_seg.zarr [tiling.precision=bf16]``.
 
 The input is read lazily, the labels (and with ``save_probabilities=true`` the probabilities)
-are written chunk by chunk, memory stays bounded by a few chunks, and a killed run resumes at
-the first unfinished chunk. Under torchrun/SLURM (or with ``rank=``/``world_size=``) every rank
+are written chunk by chunk, memory stays bounded by a few chunks (independent of the number of
+slices) and by ``tiling.max_memory`` (default 2GB: the slice batch and, for slices too large for
+one pass, 2D tiles with exact halos; same labels), and a killed run resumes at the first
+unfinished chunk. Under torchrun/SLURM (or with ``rank=``/``world_size=``) every rank
 predicts its share of the chunks into the one shared output. See ``conf/predict.yaml``.
 """
 

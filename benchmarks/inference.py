@@ -10,12 +10,16 @@ defaults (sw_batch_size 1, overlap 0.25, constant blending) and the model's conf
 (roi 256). Prints voxels/s, peak RSS, ratios, label agreement with the peer, FLOPs per voxel
 (``torch.utils.flop_counter``) and the achieved GFLOP/s (net FLOPs per output voxel × voxels/s).
 
-``memory``: writes a large uint16 TIFF (default 2048 × 1024 × 1024, 4 GiB) and runs
-``predict.py`` on it under ``/usr/bin/time -v`` with a small LRCS-Net (base_filters 2), output
-Zarr; prints the volume size, the peak RSS and their ratio.
+``memory``: for each volume depth and slice side writes a uint16 TIFF (default 256, 1024 and
+2048 slices of 1024², up to 4 GiB) and runs ``predict.py`` on it (output Zarr) with each model
+(default: the default LRCS-Net, C = 32, and U-Net; ``pointwise``, a 1×1 convolution, measures
+the pipeline alone at almost no FLOPs), polling the child's ``/proc/<pid>/status`` for the peak
+``RssAnon`` (anonymous memory; the memory-mapped input's file pages are ``RssFile``); prints
+peak memory and voxels/s against the volume size, and the ``tiling:`` choice of predict.py.
 
     python benchmarks/inference.py speed --shapes 256 32x512x512 --models lrcsnet unet
-    python benchmarks/inference.py memory --shape 2048 1024 1024
+    python benchmarks/inference.py memory --slices 256 1024 2048 --models pointwise
+    python benchmarks/inference.py memory --slices 64 --sides 2048 --models lrcsnet tiling.max_memory=2GB
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,8 @@ NETS = {
     "lrcsnet": {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 32},
     "unet": {"_target_": "src.models.nets.unet.UNet", "spatial_dims": 2, "num_classes": 3, "base_filters": 16, "depth": 4},
     "lrcsnet_tiny": {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2},
+    # the pipeline alone (read, normalise, net, argmax, write) at almost no FLOPs per voxel
+    "pointwise": {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 3, "kernel_size": 1},
 }
 ROI = 256  # the models' configured window (conf/model/base/segmentation.yaml inference.roi_size)
 
@@ -226,42 +233,112 @@ def print_table(rows: list[dict], a: argparse.Namespace) -> None:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def run_polled(cmd: list[str], env: dict, interval: float = 0.01,
+               output: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``cmd``, polling its ``/proc/<pid>/status`` every ``interval`` s from this (parent)
+    process; returns the process and the peaks (MB) of ``RssAnon`` (anonymous memory: heap,
+    tensors; not the page cache of memory-mapped inputs), ``RssFile`` and ``VmRSS``. With the
+    prediction's ``output``, ``timeline`` lists [chunks done, peak RssAnon so far (MB)] each time
+    a chunk's done-marker appears (the growth within one run)."""
+    import threading
+
+    peaks = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+    timeline: list[list[float]] = []
+    done = output.with_name(output.name + ".progress") / "done" if output is not None else None
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
+        stop = threading.Event()
+
+        def poll() -> None:
+            last = 0
+            while not stop.is_set():
+                for k in peaks:
+                    peaks[k] = max(peaks[k], _status_kb(proc.pid, k))
+                n = sum(1 for _ in done.iterdir()) if done is not None and done.is_dir() else 0
+                if n > last:
+                    timeline.append([n, round(peaks["RssAnon"] / 1024, 1)])
+                    last = n
+                stop.wait(interval)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        rc = proc.wait()
+        stop.set()
+        thread.join()
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+    return result, {**{k: v / 1024 for k, v in peaks.items()}, "timeline": timeline}
+
+
 def memory(a: argparse.Namespace) -> None:
+    """Peak anonymous RSS of ``predict.py`` (polled) against the volume size, per model."""
     import torch
+    import zarr
 
     from src.models.segmentation import SegmentationModule
 
-    shape = tuple(a.shape)
+    if a.shape is not None:
+        if a.shape[1] != a.shape[2]:
+            raise SystemExit(f"--shape: slices must be square (y = x), got {a.shape}")
+        a.slices, a.sides = [a.shape[0]], [a.shape[1]]
+    rows = []
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {a.threads} threads, {time.strftime('%Y-%m-%d')}"
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
-        volume = Path(tmp) / "big.tif"
-        t0 = time.perf_counter()
-        write_volume(volume, shape, np.uint16)
-        print(f"wrote {volume} {shape} uint16, {volume.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s",
-              flush=True)
-        torch.manual_seed(0)
-        module = SegmentationModule(net=NETS[a.model], class_names=["NMC", "CBD", "pore"], name=a.model)
-        ckpt = Path(tmp) / "net.ckpt"
-        torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
-        out = Path(tmp) / "seg.zarr"
-        cmd = ["/usr/bin/time", "-v", sys.executable, "predict.py", f"ckpt_path={ckpt}", f"input={volume}",
-               f"output={out}", "progress=false", f"hydra.run.dir={tmp}/run", *a.overrides]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
-        seconds = time.perf_counter() - t0
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-3000:])
-        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-        import zarr
-
-        labels = zarr.open_group(str(out), mode="r")["labels"]
-        fractions = np.bincount(labels[:: max(1, shape[0] // 16)].reshape(-1), minlength=3) / labels[:: max(1, shape[0] // 16)].size
-        vol_bytes = volume.stat().st_size
-        print("\n| volume | model | time (s) | Mvoxel/s | peak RSS (MB) | volume / peak RSS |")
-        print("|---|---|---:|---:|---:|---:|")
-        print(f"| {'x'.join(map(str, shape))} uint16, {vol_bytes / 2**30:.2f} GiB TIFF → Zarr | {a.model} | {seconds:.0f} | "
-              f"{np.prod(shape) / seconds / 1e6:.2f} | {rss_kb / 1024:.0f} | {vol_bytes / (rss_kb * 1024):.1f}x |")
-        print(f"label fractions (sampled slices): {np.round(fractions, 3).tolist()}")
+        for side in a.sides:
+            for n in a.slices:
+                shape = (n, side, side)
+                volume = Path(tmp) / f"vol_{n}x{side}.tif"
+                t0 = time.perf_counter()
+                write_volume(volume, shape, np.uint16)
+                print(f"wrote {volume.name} {shape} uint16, {volume.stat().st_size / 2**30:.2f} GiB in "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+                for model in a.models:
+                    torch.manual_seed(0)
+                    module = SegmentationModule(net=NETS[model], class_names=["NMC", "CBD", "pore"], name=model)
+                    ckpt = Path(tmp) / f"{model}.ckpt"
+                    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, ckpt)
+                    out = Path(tmp) / "seg.zarr"
+                    cmd = [sys.executable, "predict.py", f"ckpt_path={ckpt}", f"input={volume}", f"output={out}",
+                           "progress=false", "overwrite=true", f"hydra.run.dir={tmp}/run", *a.overrides]
+                    t0 = time.perf_counter()
+                    proc, peaks = run_polled(cmd, {**os.environ, "OMP_NUM_THREADS": str(a.threads)}, output=out)
+                    seconds = time.perf_counter() - t0
+                    if proc.returncode:
+                        raise RuntimeError(proc.stderr[-3000:] + proc.stdout[-3000:])
+                    logs = proc.stdout + proc.stderr
+                    vps = re.search(r"([\d.e+]+) voxels/s", logs)
+                    tiling = re.search(r"tiling: (.*)", logs)
+                    labels = zarr.open_group(str(out), mode="r")["labels"]
+                    every = labels[:: max(1, n // 8)]
+                    fractions = np.bincount(every.reshape(-1), minlength=3) / every.size
+                    shutil.rmtree(out, ignore_errors=True)
+                    row = {"model": model, "shape": "x".join(map(str, shape)), "gib": volume.stat().st_size / 2**30,
+                           "seconds": seconds, "mvox_s": float(vps.group(1)) / 1e6 if vps else float("nan"),
+                           "rss_anon_mb": peaks["RssAnon"], "rss_file_mb": peaks["RssFile"], "vm_rss_mb": peaks["VmRSS"],
+                           "tiling": tiling.group(1).strip() if tiling else "-", "fractions": np.round(fractions, 3).tolist(),
+                           "overrides": " ".join(a.overrides), "timeline": peaks["timeline"]}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                volume.unlink()
+    print(f"\nWhole-volume prediction memory, predict.py TIFF (uint16) → Zarr ({machine}); peaks polled from "
+          "/proc/<pid>/status every 10 ms\n")
+    print("| model | volume (z×y×x) | GiB | overrides | time (s) | Mvoxel/s (predict) | peak RssAnon (MB) | peak RssFile (MB) | tiling |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['shape']} | {r['gib']:.2f} | {r['overrides'] or '-'} | {r['seconds']:.0f} | {r['mvox_s']:.3f} | "
+              f"{r['rss_anon_mb']:.0f} | {r['rss_file_mb']:.0f} | {r['tiling']} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
 def main() -> None:
@@ -278,10 +355,14 @@ def main() -> None:
     s.add_argument("--tmp", default=None)
     s.add_argument("--json", default=None)
     m = sub.add_parser("memory")
-    m.add_argument("--shape", type=int, nargs=3, default=[2048, 1024, 1024])
-    m.add_argument("--model", default="lrcsnet_tiny", choices=sorted(NETS))
+    m.add_argument("--slices", type=int, nargs="+", default=[256, 1024, 2048], help="volume depths (z)")
+    m.add_argument("--sides", type=int, nargs="+", default=[1024], help="square slice sides (y = x)")
+    m.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="one volume (square slices, y = x), instead of --slices/--sides")
+    m.add_argument("--models", nargs="+", default=["lrcsnet", "unet"], choices=sorted(NETS))
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--tmp", default=None)
+    m.add_argument("--json", default=None)
     m.add_argument("overrides", nargs="*", help="predict.py overrides, e.g. tiling.batch_size=4")
     w = sub.add_parser("_worker")
     for name in ("model", "method", "precision", "volume", "labels-out"):

@@ -64,18 +64,37 @@ class PredictionResult:
         return self.voxels / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
     """Serve allocations above ``threshold`` bytes (tiles, activations) by fresh ``mmap`` on
     glibc, so freed ones go back to the system at once instead of piling up in the per-thread
     heaps of the reader, writer and compute threads (keeps a long run's RSS flat). False where
     this is not glibc."""
-    import ctypes
-    import ctypes.util
-
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
+        return bool(libc is not None and libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except AttributeError:
+        return False
+
+
+def trim_freed_memory() -> bool:
+    """Give the free pages inside every glibc heap back to the system (``malloc_trim(0)``).
+    Called after each chunk: the small allocations (below the mmap threshold) of the reader,
+    writer, compressor and compute threads are spread over several heaps, whose free holes
+    otherwise stay resident and add up over a long run. False where this is not glibc."""
+    libc = _libc()
+    try:
+        return bool(libc is not None and libc.malloc_trim(0) >= 0)
+    except AttributeError:
         return False
 
 
@@ -222,6 +241,9 @@ def predict_volume(
         if progress_path is not None:
             _marker(progress_path, index).touch()
 
+    plan = predictor.plan(grid, src.dtype.itemsize, save_probabilities) if todo else None
+    if plan is not None:
+        log.info("tiling: %s", plan.describe())
     start = time.perf_counter()
     voxels = sum(grid.voxels(i) for i in todo)
     bar = tqdm(total=voxels, unit="vox", unit_scale=True, desc=f"predict {Path(src.name).name}"
@@ -243,10 +265,12 @@ def predict_volume(
             index, future = reads.popleft()
             tile = future.result()
             refill()
-            labels, probs = predictor.predict_tile(tile, grid, index, save_probabilities)
+            labels, probs = predictor.predict_tile(tile, grid, index, save_probabilities, plan)
+            del tile
             writes.append(writer.submit(write, index, labels, probs))
-            while len(writes) > 2 or (writes and writes[0].done()):
+            while len(writes) > 1 or (writes and writes[0].done()):  # one chunk written while the next computes
                 writes.popleft().result()
+            trim_freed_memory()
             bar.update(grid.voxels(index))
         for f in writes:
             f.result()
