@@ -28,6 +28,7 @@ def parse_bytes(value: str | int | float) -> int:
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes as decimal gigabytes, e.g. ``"1.25 GB"``."""
     return f"{n / 1e9:.2f} GB"
 
 
