@@ -79,6 +79,8 @@ def main() -> None:
                         help="instead: write a SIZE^3 volume (the volume mirrored into tiles) and analyse it "
                              "chunk by chunk (analyze.py chunked.enabled=true), with the peak RSS")
     parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--chunked-thickness", action="store_true",
+                        help="also local thickness in the chunked run (porespy per block: the slowest part)")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp"))
     parser.add_argument("--skip-default", action="store_true",
                         help="skip the timing of all default statistics in one compute_statistics call")
@@ -197,7 +199,8 @@ def chunked_benchmark(args: argparse.Namespace) -> None:
           f"{os.cpu_count()} CPUs", flush=True)
     stop, peak = _peak_rss_poller()
     start = time.perf_counter()
-    stats = chunked_statistics(path, PHASES, args.voxel_size_nm, chunk=args.chunk, rev_phases=["pore"])
+    stats = chunked_statistics(path, PHASES, args.voxel_size_nm, chunk=args.chunk, rev_phases=["pore"],
+                               thickness_phases=["pore"] if args.chunked_thickness else [])
     total = time.perf_counter() - start
     stop.set()
     print(f"{'statistic':28s} {'s':>8s}")
