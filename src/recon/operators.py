@@ -87,6 +87,28 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
         wr = 1.0 + (v - fk - 1.0) * inv_w
         return int(fk), (wr if wr > 0.0 else 0.0)
 
+    @numba.njit(inline="always")
+    def _nb_bp_edge(row, sa, j, v, inv_w, n_t, n_b):  # pragma: no cover - jit
+        """Backprojection of column ``j`` when a bin may be off the detector."""
+        k, wr = _nb_weight(v, inv_w)
+        if 0 <= k < n_t:
+            for b in range(n_b):
+                row[j, b] += (1.0 - wr) * sa[k, b]
+        if 0 <= k + 1 < n_t:
+            for b in range(n_b):
+                row[j, b] += wr * sa[k + 1, b]
+
+    @numba.njit(inline="always")
+    def _nb_fp_edge(oa, irow, j, v, inv_w, n_t, n_b):  # pragma: no cover - jit
+        """Projection of column ``j`` when a bin may be off the detector."""
+        k, wr = _nb_weight(v, inv_w)
+        if 0 <= k < n_t:
+            for b in range(n_b):
+                oa[k, b] += (1.0 - wr) * irow[j, b]
+        if 0 <= k + 1 < n_t:
+            for b in range(n_b):
+                oa[k + 1, b] += wr * irow[j, b]
+
     # Layouts with the slice batch last: sinograms (A, T, B), images (H, W, B). The weights
     # depend on (angle, pixel) only, so they are computed once and used for the B slices.
 
@@ -110,19 +132,16 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
                     wr = 1.0 + (v - k - 1.0) * inv_w
                     if wr < 0.0:
                         wr = 0.0
-                    wl = 1.0 - wr
-                    for b in range(n_b):
-                        row[j, b] += wl * sa[k, b] + wr * sa[k + 1, b]
-                for j in range(width):  # the rest: either bin may be off the detector
-                    if lo <= j < hi:
-                        continue
-                    k, wr = _nb_weight(base + j * c, inv_w)
-                    if 0 <= k < n_t:
+                    if n_b == 1:
+                        row[j, 0] += sa[k, 0] + wr * (sa[k + 1, 0] - sa[k, 0])
+                    else:
+                        wl = 1.0 - wr
                         for b in range(n_b):
-                            row[j, b] += (1.0 - wr) * sa[k, b]
-                    if 0 <= k + 1 < n_t:
-                        for b in range(n_b):
-                            row[j, b] += wr * sa[k + 1, b]
+                            row[j, b] += wl * sa[k, b] + wr * sa[k + 1, b]
+                for j in range(0, lo if hi > lo else width):  # a bin may be off the detector
+                    _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+                for j in range(hi if hi > lo else width, width):
+                    _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _nb_project(img, cos, sin, center, out):  # pragma: no cover - jit
@@ -145,21 +164,20 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
                     wr = 1.0 + (v - k - 1.0) * inv_w
                     if wr < 0.0:
                         wr = 0.0
-                    wl = 1.0 - wr
-                    for b in range(n_b):
-                        val = irow[j, b]
-                        oa[k, b] += wl * val
-                        oa[k + 1, b] += wr * val
-                for j in range(width):
-                    if lo <= j < hi:
-                        continue
-                    k, wr = _nb_weight(base + j * c, inv_w)
-                    if 0 <= k < n_t:
+                    if n_b == 1:
+                        val = irow[j, 0]
+                        oa[k, 0] += val - wr * val
+                        oa[k + 1, 0] += wr * val
+                    else:
+                        wl = 1.0 - wr
                         for b in range(n_b):
-                            oa[k, b] += (1.0 - wr) * irow[j, b]
-                    if 0 <= k + 1 < n_t:
-                        for b in range(n_b):
-                            oa[k + 1, b] += wr * irow[j, b]
+                            val = irow[j, b]
+                            oa[k, b] += wl * val
+                            oa[k + 1, b] += wr * val
+                for j in range(0, lo if hi > lo else width):
+                    _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+                for j in range(hi if hi > lo else width, width):
+                    _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
 
     _HAS_NUMBA = True
 except ImportError:  # pragma: no cover - numba is a dependency; the torch kernel still works
