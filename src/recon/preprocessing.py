@@ -2,6 +2,9 @@
 
 * :func:`normalize` -- flat/dark correction with mean flats and darks and safe division;
 * :func:`minus_log` -- ``-log`` with clipping of non-positive / non-finite transmissions;
+* :func:`remove_outliers` -- zinger removal: values that differ from the 3x3 median of their
+  projection by more than a fraction of it are replaced by that median (tomopy's
+  ``remove_outlier`` with a relative threshold);
 * :func:`remove_stripe_sorting` -- Vo et al.'s sorting-based stripe (ring) removal
   (Opt. Express 26, 28396 (2018), algorithm 3): sort every detector column along the angles,
   median-filter across columns, then subtract the per-column offsets (or undo the sort);
@@ -19,7 +22,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["minus_log", "normalize", "remove_stripe_sorting", "retrieve_phase"]
+__all__ = ["minus_log", "normalize", "remove_outliers", "remove_stripe_sorting", "retrieve_phase"]
 
 # h c in keV cm: wavelength[cm] = _HC_KEV_CM / energy[keV]
 _HC_KEV_CM = 1.239841984e-7
@@ -68,6 +71,17 @@ def minus_log(tomo: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     t = np.nan_to_num(np.asarray(tomo, dtype=np.float32), nan=eps, posinf=np.inf, neginf=eps)
     out = -np.log(np.clip(t, eps, None))
     return np.nan_to_num(out, posinf=-math.log(eps), neginf=0.0).astype(np.float32, copy=False)
+
+
+def remove_outliers(tomo: np.ndarray, threshold: float = 0.1, size: int = 3) -> np.ndarray:
+    """Replace zingers: pixels with ``|x - med| > threshold * |med|`` by ``med``, the ``size x
+    size`` median within each projection ``(angles, rows, cols)`` (float32, same shape)."""
+    tomo = np.asarray(tomo, dtype=np.float32)
+    single = tomo.ndim == 2
+    t = tomo[:, None] if single else tomo
+    med = ndimage.median_filter(t, size=(1, size, size), mode="reflect")
+    out = np.where(np.abs(t - med) > threshold * np.abs(med), med, t).astype(np.float32)
+    return out[:, 0] if single else out
 
 
 def remove_stripe_sorting(tomo: np.ndarray, size: int = 21, offsets_only: bool = True) -> np.ndarray:
