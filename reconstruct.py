@@ -131,22 +131,38 @@ def auto_center(scan: ProjectionScan, theta: np.ndarray, lo: int, hi: int,
         found.append(find_center_vo(sino, smin=-cols / 4, smax=cols / 4,
                                     ratio=float(cfg.get("center_ratio", 0.5))))
     found_a = np.asarray(found)
+    # Vo's metric can have a spurious minimum at the far end of the search (the mirrored
+    # sinogram shifted mostly off the detector): such rows, and rows far from the others, are
+    # left out of the fit (the robust part).
+    keep = np.abs(found_a - cols / 2) < cols / 4 - 1.0
+    if not keep.any():
+        keep[:] = True
     fit = str(cfg.get("center_fit", "median"))
-    rows_all = np.arange(lo, hi)
-    if fit == "tilt" and len(rows) >= 2:
-        slope, icept = np.polyfit(np.asarray(rows, float), found_a, 1)
-        centers = icept + slope * rows_all
-        info = {"method": "vo", "fit": "tilt", "slope_px_per_row": float(slope),
-                "intercept": float(icept)}
-    elif fit in ("median", "tilt"):
-        centers = np.full(rows_all.size, float(np.median(found_a)))
-        info = {"method": "vo", "fit": "median"}
-    else:
+    if fit not in ("median", "tilt"):
         raise ValueError(f"center_fit={fit!r}: expected median or tilt")
-    info.update({"rows": rows, "found": [round(float(v), 3) for v in found_a]})
-    if fit == "median" and np.ptp(found_a) > 2.0:
-        log.warning("center=auto: the rows disagree (%s); a tilted axis (center_fit=tilt) or a "
-                    "poor row? check with center=scan", info["found"])
+    rows_f = np.asarray(rows, dtype=np.float64)
+    rows_all = np.arange(lo, hi)
+    slope, icept = 0.0, float(np.median(found_a[keep]))
+    for _ in range(3):
+        if fit == "tilt" and keep.sum() >= 2:
+            slope, icept = np.polyfit(rows_f[keep], found_a[keep], 1)
+        else:
+            slope, icept = 0.0, float(np.median(found_a[keep]))
+        resid = np.abs(found_a - (icept + slope * rows_f))
+        new_keep = resid <= max(1.0, 2.0 * float(np.median(resid[keep])))
+        if new_keep.sum() < max(1, keep.sum() // 2) or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    centers = icept + slope * rows_all
+    info = {"method": "vo", "fit": fit if keep.sum() >= 2 or fit == "median" else "median",
+            "rows": rows, "found": [round(float(v), 3) for v in found_a],
+            "used": [int(r) for r, k in zip(rows, keep, strict=True) if k]}
+    if fit == "tilt":
+        info.update({"slope_px_per_row": float(slope), "intercept": float(icept)})
+    if not keep.all():
+        log.warning("center=auto: rows %s disagree with the others (%s) and are left out; "
+                    "check with center=scan", [r for r, k in zip(rows, keep, strict=True)
+                                               if not k], info["found"])
     return centers, info
 
 
