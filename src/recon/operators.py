@@ -112,72 +112,92 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
     # Layouts with the slice batch last: sinograms (A, T, B), images (H, W, B). The weights
     # depend on (angle, pixel) only, so they are computed once and used for the B slices.
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_backproject(sino, cos, sin, center, height, width, out):  # pragma: no cover - jit
-        n_a, n_t, n_b = sino.shape
-        x0 = 0.5 - width / 2.0
-        for i in numba.prange(height):
-            y = i + 0.5 - height / 2.0
-            row = out[i]  # (W, B)
-            for a in range(n_a):
-                c = cos[a]
-                fw = max(abs(c), abs(sin[a]))
-                inv_w = 1.0 / fw
-                base = center - y * sin[a] + x0 * c - 0.5 * fw  # footprint's left edge, j = 0
-                sa = sino[a]  # (T, B)
-                lo, hi = _nb_interior(base, c, width, n_t)
-                for j in range(lo, hi):  # both bins on the detector, v >= 0: int() is floor()
-                    v = base + j * c
-                    k = int(v)
-                    wr = 1.0 + (v - k - 1.0) * inv_w
-                    if wr < 0.0:
-                        wr = 0.0
-                    if n_b == 1:
-                        row[j, 0] += sa[k, 0] + wr * (sa[k + 1, 0] - sa[k, 0])
-                    else:
-                        wl = 1.0 - wr
-                        for b in range(n_b):
-                            row[j, b] += wl * sa[k, b] + wr * sa[k + 1, b]
-                for j in range(0, lo if hi > lo else width):  # a bin may be off the detector
-                    _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
-                for j in range(hi if hi > lo else width, width):
-                    _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+    @numba.njit(inline="always")
+    def _nb_bp_row(row, sa, base, c, inv_w, width, n_t, n_b):  # pragma: no cover - jit
+        """Add the backprojection of one angle's detector row ``sa`` (T, B) to ``row`` (W, B)."""
+        lo, hi = _nb_interior(base, c, width, n_t)
+        for j in range(lo, hi):  # both bins on the detector, v >= 0: int() is floor()
+            v = base + j * c
+            k = int(v)
+            wr = 1.0 + (v - k - 1.0) * inv_w
+            if wr < 0.0:
+                wr = 0.0
+            if n_b == 1:
+                row[j, 0] += sa[k, 0] + wr * (sa[k + 1, 0] - sa[k, 0])
+            else:
+                wl = 1.0 - wr
+                for b in range(n_b):
+                    row[j, b] += wl * sa[k, b] + wr * sa[k + 1, b]
+        for j in range(0, lo if hi > lo else width):  # a bin may be off the detector
+            _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+        for j in range(hi if hi > lo else width, width):
+            _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+
+    @numba.njit(inline="always")
+    def _nb_fp_row(oa, irow, base, c, inv_w, width, n_t, n_b):  # pragma: no cover - jit
+        """Add the projection of one image row ``irow`` (W, B) to one angle's ``oa`` (T, B)."""
+        lo, hi = _nb_interior(base, c, width, n_t)
+        for j in range(lo, hi):
+            v = base + j * c
+            k = int(v)
+            wr = 1.0 + (v - k - 1.0) * inv_w
+            if wr < 0.0:
+                wr = 0.0
+            if n_b == 1:
+                val = irow[j, 0]
+                oa[k, 0] += val - wr * val
+                oa[k + 1, 0] += wr * val
+            else:
+                wl = 1.0 - wr
+                for b in range(n_b):
+                    val = irow[j, b]
+                    oa[k, b] += wl * val
+                    oa[k + 1, b] += wr * val
+        for j in range(0, lo if hi > lo else width):
+            _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+        for j in range(hi if hi > lo else width, width):
+            _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+
+    # Tiling: a thread takes a block of image rows (backprojection) or of angles (projection)
+    # so that a detector row / image row is reused from cache for the whole block.
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_project(img, cos, sin, center, out):  # pragma: no cover - jit
+    def _nb_backproject(sino, cos, sin, center, height, width, out, rows_per_block):  # pragma: no cover - jit
+        n_a, n_t, n_b = sino.shape
+        x0 = 0.5 - width / 2.0
+        n_blocks = (height + rows_per_block - 1) // rows_per_block
+        for blk in numba.prange(n_blocks):
+            i0 = blk * rows_per_block
+            i1 = min(height, i0 + rows_per_block)
+            for a in range(n_a):
+                c = cos[a]
+                s = sin[a]
+                fw = max(abs(c), abs(s))
+                inv_w = 1.0 / fw
+                sa = sino[a]  # (T, B)
+                for i in range(i0, i1):
+                    # the footprint's left edge (cell coordinates) at column j = 0
+                    base = center - (i + 0.5 - height / 2.0) * s + x0 * c - 0.5 * fw
+                    _nb_bp_row(out[i], sa, base, c, inv_w, width, n_t, n_b)
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_project(img, cos, sin, center, out, angles_per_block):  # pragma: no cover - jit
         height, width, n_b = img.shape
         n_a, n_t, _ = out.shape
         x0 = 0.5 - width / 2.0
-        for a in numba.prange(n_a):
-            c = cos[a]
-            s = sin[a]
-            fw = max(abs(c), abs(s))
-            inv_w = 1.0 / fw
-            oa = out[a]  # (T, B)
+        n_blocks = (n_a + angles_per_block - 1) // angles_per_block
+        for blk in numba.prange(n_blocks):
+            a0 = blk * angles_per_block
+            a1 = min(n_a, a0 + angles_per_block)
             for i in range(height):
-                base = center - (i + 0.5 - height / 2.0) * s + x0 * c - 0.5 * fw
                 irow = img[i]  # (W, B)
-                lo, hi = _nb_interior(base, c, width, n_t)
-                for j in range(lo, hi):
-                    v = base + j * c
-                    k = int(v)
-                    wr = 1.0 + (v - k - 1.0) * inv_w
-                    if wr < 0.0:
-                        wr = 0.0
-                    if n_b == 1:
-                        val = irow[j, 0]
-                        oa[k, 0] += val - wr * val
-                        oa[k + 1, 0] += wr * val
-                    else:
-                        wl = 1.0 - wr
-                        for b in range(n_b):
-                            val = irow[j, b]
-                            oa[k, b] += wl * val
-                            oa[k + 1, b] += wr * val
-                for j in range(0, lo if hi > lo else width):
-                    _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
-                for j in range(hi if hi > lo else width, width):
-                    _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+                y = i + 0.5 - height / 2.0
+                for a in range(a0, a1):
+                    c = cos[a]
+                    s = sin[a]
+                    fw = max(abs(c), abs(s))
+                    base = center - y * s + x0 * c - 0.5 * fw
+                    _nb_fp_row(out[a], irow, base, c, 1.0 / fw, width, n_t, n_b)
 
     _HAS_NUMBA = True
 except ImportError:  # pragma: no cover - numba is a dependency; the torch kernel still works
@@ -355,19 +375,28 @@ class ParallelBeamProjector(torch.nn.Module):
         if numba.get_num_threads() != want:
             numba.set_num_threads(want)
 
+    @staticmethod
+    def _block(n: int, row_bytes: int) -> int:
+        """Rows (or angles) per thread block: ~256 KiB of output rows, >= 4 blocks a thread."""
+        per_cache = max(1, (256 * 1024) // max(1, row_bytes))
+        per_balance = max(1, n // (4 * max(1, numba.get_num_threads())))
+        return int(min(16, per_cache, per_balance))
+
     def _numba_adjoint(self, sino: Tensor) -> Tensor:
         self._numba_threads()
         s = np.ascontiguousarray(sino.detach().numpy().transpose(1, 2, 0))  # (A, T, B)
         h, w = self.image_shape
         out = np.zeros((h, w, s.shape[2]), dtype=s.dtype)
-        _nb_backproject(s, self._cos, self._sin, self.center, h, w, out)
+        _nb_backproject(s, self._cos, self._sin, self.center, h, w, out,
+                        self._block(h, w * s.shape[2] * s.itemsize))
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
     def _numba_forward(self, image: Tensor) -> Tensor:
         self._numba_threads()
         x = np.ascontiguousarray(image.detach().numpy().transpose(1, 2, 0))  # (H, W, B)
         out = np.zeros((self.n_angles, self.n_det, x.shape[2]), dtype=x.dtype)
-        _nb_project(x, self._cos, self._sin, self.center, out)
+        _nb_project(x, self._cos, self._sin, self.center, out,
+                    self._block(self.n_angles, self.n_det * x.shape[2] * x.itemsize))
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
     # ---------------------------------------------------------------- raw operators
