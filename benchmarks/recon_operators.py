@@ -11,6 +11,10 @@ iteration as well. Cases alternate ours / ASTRA so that both see the same machin
 
     PYTHONPATH=. python benchmarks/recon_operators.py [--cases 1024:360:8:fbp ...] [--repeat 3]
         [--threads N]
+
+``--small`` instead times one projection + backprojection of a batch of 8 at the learned nets'
+sizes, stored CSR weights (``cache=True``) against matrix-free (``cache=False``): the measurement
+behind the operator's ``CACHE_MAX_ENTRIES``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,36 @@ def _child(spec: dict) -> dict:
             "base_gib": base_rss, "psnr": psnr, "threads": torch.get_num_threads()}
 
 
+def _small(repeat: int) -> None:
+    import numpy as np
+    import torch
+
+    from src.recon import ParallelBeamProjector
+
+    print(f"operator pair (forward + adjoint), batch 8, {torch.get_num_threads()} threads, "
+          f"median of {repeat}")
+    print(f"{'size x angles':>14} {'stored ms':>10} {'matrix-free ms':>15} {'ratio':>6} "
+          f"{'build ms':>9}")
+    for n, n_angles in ((64, 30), (128, 60), (128, 120), (256, 180)):
+        theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+        x = torch.rand(8, n, n)
+        row = []
+        build = 0.0
+        for cache in (True, False):
+            op = ParallelBeamProjector((n, n), theta, cache=cache)
+            t0 = time.perf_counter()
+            op.adjoint(op(x))  # first call: compiles / builds
+            build = time.perf_counter() - t0 if cache else build
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                op.adjoint(op(x))
+                times.append(time.perf_counter() - t0)
+            row.append(1e3 * statistics.median(times))
+        print(f"{f'{n}^2 x {n_angles}':>14} {row[0]:10.1f} {row[1]:15.1f} "
+              f"{row[0] / row[1]:6.2f} {1e3 * build:9.0f}", flush=True)
+
+
 def _run(spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -84,8 +118,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for ours (0: default)")
     parser.add_argument("--no-astra", action="store_true")
+    parser.add_argument("--small", action="store_true",
+                        help="stored vs matrix-free operator at the learned nets' sizes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.small:
+        _small(max(args.repeat, 5))
+        return
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return

@@ -35,10 +35,17 @@ def _disk(n: int, radius: float, sub: int = 4) -> tuple[np.ndarray, np.ndarray]:
     return inside.astype(np.float64), xx**2 + yy**2
 
 
+@pytest.mark.parametrize("kernel", ["numba", "torch", "cached"])
 @pytest.mark.parametrize(("shape", "n_angles", "n_det", "center"), GEOMETRIES)
-def test_dot_product(shape, n_angles, n_det, center) -> None:
+def test_dot_product(shape, n_angles, n_det, center, kernel) -> None:
+    from src.recon.operators import numba_available
+
+    if kernel == "numba" and not numba_available():
+        pytest.skip("numba not installed")
     theta = np.linspace(0, np.pi, n_angles, endpoint=False) + 0.013
-    op = ParallelBeamProjector(shape, theta, n_det=n_det, center=center)
+    op = ParallelBeamProjector(shape, theta, n_det=n_det, center=center,
+                               kernel="auto" if kernel == "cached" else kernel,
+                               cache=kernel == "cached")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, *shape, generator=g, dtype=torch.float64)
     y = torch.randn(3, *op.sino_shape, generator=g, dtype=torch.float64)
@@ -116,14 +123,17 @@ def test_numba_and_torch_kernels_agree(shape, n_angles, n_det, center, monkeypat
         pytest.skip("numba not installed")
     monkeypatch.setattr(operators, "_CHUNK_ELEMENTS", 3 * shape[0] * shape[1] * 2)
     theta = np.linspace(0, np.pi, n_angles, endpoint=False) + 0.2
-    ops = [ParallelBeamProjector(shape, theta, n_det=n_det, center=center, kernel=k)
+    ops = [ParallelBeamProjector(shape, theta, n_det=n_det, center=center, kernel=k, cache=False)
            for k in ("numba", "torch")]
+    ops.append(ParallelBeamProjector(shape, theta, n_det=n_det, center=center, cache=True))
     assert ops[1]._angle_step(2) == 3
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
     y = torch.randn(2, *ops[0].sino_shape, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(ops[0](x), ops[1](x), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(ops[0].adjoint(y), ops[1].adjoint(y), rtol=1e-10, atol=1e-10)
+    for op in ops[1:]:  # the stored CSR weights are the same operator too
+        torch.testing.assert_close(op(x), ops[0](x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(op.adjoint(y), ops[0].adjoint(y), rtol=1e-10, atol=1e-10)
+    assert not ops[0]._mats and ops[2]._mats
 
 
 def test_operator_stores_nothing_for_a_txm_geometry() -> None:
@@ -133,6 +143,15 @@ def test_operator_stores_nothing_for_a_txm_geometry() -> None:
     held = sum(np.asarray(v).nbytes for v in vars(op).values() if isinstance(v, np.ndarray))
     assert held <= 3 * 1500 * 8 and not list(op.buffers()) and not list(op.parameters())
     assert op.kernel_for("cpu") in ("numba", "torch") and op.kernel_for("cuda") == "torch"
+    assert not op.uses_cache("cpu") and not op._mats  # too big to store: matrix-free
+    small = ParallelBeamProjector((64, 64), np.linspace(0, np.pi, 30), cache=None)
+    assert small.uses_cache("cpu") and not small.uses_cache("cuda")  # measured faster there
+    assert not ParallelBeamProjector((64, 64), [0.0, 1.0]).uses_cache("cpu")  # default: none
+    big = ParallelBeamProjector((256, 256), np.linspace(0, np.pi, 180), cache=None)
+    assert not big.uses_cache("cpu")
+    from src.models.recon_nets import make_projector
+
+    assert make_projector(64, 30).uses_cache("cpu")
 
 
 def test_center_offset_shifts_projection() -> None:

@@ -19,9 +19,11 @@ with the same weights), so the pair passes the dot-product test to rounding erro
 of a pixel sum to one, so line integrals are in pixel units: the projection of a uniform disk of
 radius ``r`` at the centre is ``~ 2 sqrt(r^2 - t^2)``.
 
-Nothing is stored: the weights are recomputed on the fly, so memory is the batch's images and
-sinograms (plus, for the torch kernel, one angle chunk of sampling grid). Two kernels compute the
-same operator:
+Nothing is stored for real sizes: the weights are recomputed on the fly, so memory is the batch's
+images and sinograms (plus, for the torch kernel, one angle chunk of sampling grid). Only small
+geometries on CPU (at most :data:`CACHE_MAX_ENTRIES` weights, e.g. the learned nets' 64^2-128^2
+slices) keep the same weights as CSR matrices, where that is measured faster. Two kernels compute
+the same operator:
 
 * ``"numba"`` (CPU, default when numba imports): compiled loops, parallel over slices x rows
   (backprojection) and slices x angles (projection), so no two threads write the same value;
@@ -39,13 +41,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "ParallelBeamProjector", "backproject", "numba_available", "project",
+__all__ = ["CACHE_MAX_ENTRIES", "KERNELS", "ParallelBeamProjector", "backproject", "numba_available", "project",
            "tomopy_detector_width"]
 
 KERNELS = ("auto", "numba", "torch")
 
 # torch kernel: elements (angles x slices x pixels) of one angle chunk's sampled values.
 _CHUNK_ELEMENTS = 16 * 2**20
+
+# cache=None (auto): store the weights as CSR matrices on CPU up to this many non-zeros of A
+# (2 per angle and pixel; ~65 MB for A and A^T in float32). Measured with benchmarks/
+# recon_operators.py --small (batch 8, one thread, as the learned nets train): a forward +
+# adjoint pair takes 0.06x (64^2 x 30), 0.26x (128^2 x 60) and 0.31x (128^2 x 120) of the
+# matrix-free time with the stored matrices, after a build of 0.3-5 s; worth it only for the
+# thousands of calls of a training run, so only the learned nets ask for it (make_projector).
+CACHE_MAX_ENTRIES = 4 * 2**20
 
 try:  # the compiled CPU kernels (numba comes with the main dependencies)
     import numba
@@ -214,6 +224,14 @@ def tomopy_detector_width(height: int, width: int) -> int:
     return int(math.ceil((math.sqrt(height * height + width * width) + 2.0) / 2.0) * 2)
 
 
+def _int32_csr(m: Tensor) -> Tensor:
+    """The CSR matrix ``m`` with int32 indices (less memory, faster products)."""
+    if max(m.shape[0], m.shape[1], m.values().numel()) >= 2**31 - 1:
+        return m
+    return torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(),
+                                   m.shape, check_invariants=False)
+
+
 def _at_least_float32(x: Tensor) -> Tensor:
     """``x`` in float32 when it is float16/bfloat16 (differentiable cast), else unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -258,7 +276,10 @@ class ParallelBeamProjector(torch.nn.Module):
         n_det: detector columns (default ``W``).
         center: detector column of the rotation axis (default ``n_det / 2``, tomopy's).
         kernel: ``"auto"`` (numba on CPU when available, else torch), ``"numba"`` or ``"torch"``.
-        cache: ignored (kept so that older call sites still work; nothing is stored).
+        cache: store the same weights as sparse CSR matrices ``A`` and ``A^T`` (built on first
+            use, per dtype and device): ``False`` (default) never, ``None`` on CPU for small
+            geometries only (:data:`CACHE_MAX_ENTRIES`, where it is measured faster once built:
+            for many calls, e.g. training a learned net), ``True`` always.
 
     ``forward(image (B, H, W)) -> (B, A, n_det)`` and ``adjoint(sino (B, A, n_det)) -> (B, H, W)``
     follow the input's dtype and device and are differentiable.
@@ -271,10 +292,11 @@ class ParallelBeamProjector(torch.nn.Module):
         n_det: int | None = None,
         center: float | None = None,
         kernel: str = "auto",
-        cache: bool | None = None,
+        cache: bool | None = False,
     ) -> None:
         super().__init__()
-        del cache
+        self.cache = cache
+        self._mats: dict[tuple[torch.dtype, str], tuple[Tensor, Tensor]] = {}
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
         if isinstance(theta, Tensor):
             th = theta.detach().cpu().double().flatten()
@@ -305,7 +327,8 @@ class ParallelBeamProjector(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, n_angles={self.n_angles}, "
-                f"n_det={self.n_det}, center={self.center}, kernel={self.kernel}")
+                f"n_det={self.n_det}, center={self.center}, kernel={self.kernel}, "
+                f"cache={self.cache}")
 
     def kernel_for(self, device: torch.device | str) -> str:
         """The kernel used for tensors on ``device``."""
@@ -314,8 +337,9 @@ class ParallelBeamProjector(torch.nn.Module):
         return "numba" if _HAS_NUMBA and torch.device(device).type == "cpu" else "torch"
 
     # ---------------------------------------------------------------- torch kernel
-    def _grid(self, a0: int, a1: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``grid_sample`` grid ``(a1 - a0, 1, H W, 2)``: normalised bin position of each pixel."""
+    def _weights(self, a0: int, a1: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For angles ``a0:a1`` and every pixel: the first bin ``(a, H, W)`` (float64) and the
+        weight of the next bin (the first gets one minus it)."""
         h, w = self.image_shape
         f64 = torch.float64
         c = torch.from_numpy(self._cos[a0:a1]).to(device)
@@ -327,12 +351,58 @@ class ParallelBeamProjector(torch.nn.Module):
             - (y[None, :] * s[:, None])[:, :, None]  # (a, H, W): left edge, cell coordinates
         cell = torch.floor(left)
         right = (1.0 + (left - cell - 1.0) / fw[:, None, None]).clamp_(min=0.0)
+        return cell, right
+
+    def _grid(self, a0: int, a1: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``grid_sample`` grid ``(a1 - a0, 1, H W, 2)``: normalised bin position of each pixel."""
+        h, w = self.image_shape
+        cell, right = self._weights(a0, a1, device)
         # linear interpolation at cell + right puts 1 - right on `cell`, right on `cell + 1`;
         # align_corners=False: normalised g samples index ((g + 1) T - 1) / 2
         pos = (cell + right).mul_(2.0 / self.n_det).add_(1.0 / self.n_det - 1.0)
         grid = torch.zeros(a1 - a0, 1, h * w, 2, dtype=dtype, device=device)
         grid[:, 0, :, 0] = pos.reshape(a1 - a0, h * w)
         return grid
+
+    # ---------------------------------------------------------------- optional stored weights
+    def cache_entries(self) -> int:
+        """Non-zeros of the stored matrix ``A`` (two per angle and pixel)."""
+        return 2 * self.n_angles * self.image_shape[0] * self.image_shape[1]
+
+    def uses_cache(self, device: torch.device | str) -> bool:
+        """Whether the stored weights serve tensors on ``device`` (see ``cache``)."""
+        if self.cache is None:
+            return torch.device(device).type == "cpu" and self.cache_entries() <= CACHE_MAX_ENTRIES
+        return bool(self.cache)
+
+    def _matrices(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``A`` and ``A^T`` as CSR, built once per ``(dtype, device)`` from the same weights."""
+        key = (dtype, str(device))
+        if key not in self._mats:
+            import warnings
+
+            h, w = self.image_shape
+            cell, right = self._weights(0, self.n_angles, device)
+            a = torch.arange(self.n_angles, device=device).view(-1, 1, 1).expand_as(cell)
+            pix = torch.arange(h * w, device=device).view(1, h, w).expand_as(cell)
+            k = cell.long()
+            rows = torch.cat([(a * self.n_det + k).flatten(), (a * self.n_det + k + 1).flatten()])
+            cols = torch.cat([pix.flatten(), pix.flatten()])
+            vals = torch.cat([(1.0 - right).flatten(), right.flatten()])
+            keep = torch.cat([((k >= 0) & (k < self.n_det)).flatten(),
+                              ((k + 1 >= 0) & (k + 1 < self.n_det)).flatten()]) & (vals > 0)
+            rows, cols, vals = rows[keep], cols[keep], vals[keep].to(dtype)
+            shape = (self.n_angles * self.n_det, h * w)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                fwd = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce()
+                adj = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, shape[::-1]).coalesce()
+                self._mats[key] = tuple(_int32_csr(m.to_sparse_csr()) for m in (fwd, adj))
+        return self._mats[key]
+
+    def clear_cache(self) -> None:
+        """Drop the stored weights (they are rebuilt on the next call that uses them)."""
+        self._mats.clear()
 
     def _angle_step(self, batch: int) -> int:
         h, w = self.image_shape
@@ -408,12 +478,22 @@ class ParallelBeamProjector(torch.nn.Module):
 
     def _apply_forward(self, image: Tensor) -> Tensor:
         self._check(image, self.image_shape, "image")
+        if self.uses_cache(image.device):
+            fwd, _ = self._matrices(image.dtype, image.device)
+            b = image.shape[0]
+            out = torch.sparse.mm(fwd, image.reshape(b, -1).t().contiguous())
+            return out.t().reshape(b, self.n_angles, self.n_det).contiguous()
         if self.kernel_for(image.device) == "numba" and image.device.type == "cpu":
             return self._numba_forward(image)
         return self._torch_forward(image.contiguous())
 
     def _apply_adjoint(self, sino: Tensor) -> Tensor:
         self._check(sino, self.sino_shape, "sinogram")
+        if self.uses_cache(sino.device):
+            _, adj = self._matrices(sino.dtype, sino.device)
+            b = sino.shape[0]
+            out = torch.sparse.mm(adj, sino.reshape(b, -1).t().contiguous())
+            return out.t().reshape(b, *self.image_shape).contiguous()
         if self.kernel_for(sino.device) == "numba" and sino.device.type == "cpu":
             return self._numba_adjoint(sino)
         return self._torch_adjoint(sino.contiguous())
