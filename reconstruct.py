@@ -83,6 +83,11 @@ def preprocess_rows(block: np.ndarray, scan: ProjectionScan, start: int, stop: i
     take_log = cfg.get("minus_log", "auto")
     if take_log == "auto":
         take_log = flat is not None
+        if flat is None and np.issubdtype(np.dtype(getattr(scan.data, "dtype", np.float32)),
+                                          np.integer) and not getattr(scan, "_warned", False):
+            log.warning("%s: integer counts without flats are taken as line integrals; give "
+                        "flat=... (and dark=...) or minus_log=true", scan.path)
+            scan._warned = True  # type: ignore[attr-defined]
     if take_log:
         block = minus_log(block)
     if rings and cfg.get("ring_removal", False):
