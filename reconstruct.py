@@ -38,7 +38,13 @@ from src.data.io import write_json, write_tiff
 from src.data.projections import ProjectionScan, open_scan
 from src.recon.centre import find_center_vo
 from src.recon.fbp import ALGORITHMS, check_projections, recon
-from src.recon.preprocessing import minus_log, normalize, remove_outliers, remove_stripe_sorting
+from src.recon.preprocessing import (
+    minus_log,
+    normalize,
+    remove_outliers,
+    remove_stripe_sorting,
+    retrieve_phase,
+)
 
 log = logging.getLogger("reconstruct")
 
@@ -70,16 +76,44 @@ def open_input(cfg: DictConfig) -> ProjectionScan:
     return scan
 
 
-def preprocess_rows(block: np.ndarray, scan: ProjectionScan, start: int, stop: int,
+def _phase_margin(scan: ProjectionScan, cfg: DictConfig) -> int:
+    """Rows read above and below a block for Paganin's filter (0 when it is off)."""
+    if not cfg.get("phase_retrieval", False):
+        return 0
+    return int(cfg.get("phase_margin", 32))
+
+
+def phase_parameters(scan: ProjectionScan, cfg: DictConfig) -> dict[str, float]:
+    """Paganin's parameters: pixel size and energy from the file unless given in the config."""
+    pixel_nm = cfg.get("pixel_size_nm") or scan.pixel_size_nm
+    energy_ev = cfg.get("energy_ev") or scan.energy_ev
+    if not pixel_nm or not energy_ev:
+        raise ValueError(f"{scan.path}: phase_retrieval=true needs the pixel size and energy "
+                         "(not in the file): give pixel_size_nm=... energy_ev=...")
+    return {"pixel_size": float(pixel_nm) * 1e-7, "energy": float(energy_ev) / 1e3,
+            "dist": float(cfg.get("distance_cm", 1.0)), "alpha": float(cfg.get("alpha", 1e-3))}
+
+
+def preprocess_rows(block: np.ndarray | None, scan: ProjectionScan, start: int, stop: int,
                     cfg: DictConfig, rings: bool = True) -> np.ndarray:
-    """Raw rows ``(angles, n, cols)`` -> line integrals: flat/dark, zingers, ``-log``, rings
-    (``rings=False`` skips the ring removal)."""
-    flat = scan.flat_rows(start, stop)
+    """Rows ``[start, stop)`` -> line integrals ``(angles, n, cols)``: flat/dark (mean frames),
+    zingers, Paganin phase retrieval (with ``phase_margin`` rows read around the block), ``-log``,
+    rings (``rings=False`` skips the ring removal). ``block`` is the raw rows, or None to read
+    them from ``scan``."""
+    margin = _phase_margin(scan, cfg)
+    lo, hi = max(0, start - margin), min(scan.shape[1], stop + margin)
+    if margin or block is None:
+        block = scan.rows(lo, hi)
+    else:
+        lo, hi = start, stop
+    flat = scan.flat_rows(lo, hi)
     if flat is not None:
-        dark = scan.dark_rows(start, stop)
+        dark = scan.dark_rows(lo, hi)
         block = normalize(block, flat, dark if dark is not None else np.zeros_like(flat))
     if cfg.get("zinger_removal", False):  # on counts / transmission, before the log
         block = remove_outliers(block, float(cfg.get("zinger_threshold", 0.1)))
+    if margin:
+        block = retrieve_phase(block, **phase_parameters(scan, cfg))[:, start - lo:stop - lo]
     take_log = cfg.get("minus_log", "auto")
     if take_log == "auto":
         take_log = flat is not None
@@ -356,7 +390,9 @@ def reconstruct(cfg: DictConfig) -> np.ndarray | None:
                              "center=scan")
         options = {k: _container(cfg.get(k)) for k in (
             "minus_log", "zinger_removal", "zinger_threshold", "ring_removal", "ring_size",
-            "filter_name", "num_iter", "algorithm_kwargs", "backend")}
+            "phase_retrieval", "filter_name", "num_iter", "algorithm_kwargs", "backend")}
+        if cfg.get("phase_retrieval", False):
+            options["paganin"] = phase_parameters(scan, cfg)
         meta = {"algorithm": algorithm, "input": str(cfg.input), "sources": scan.source,
                 "n_angles": n_angles, "rows": [lo, hi],
                 "center": float(np.median(centers)) if center_info.get("fit") != "tilt"
