@@ -12,9 +12,10 @@ removal, then FBP/SIRT/CGLS/TV (:func:`src.recon.recon`) or a learned net (LPD/L
 checkpoint from ``train.py``). The rotation centre is found by Vo's method on a few rows
 (``center=auto``, the default; ``center_fit=tilt`` fits it per row), or ``center=scan`` writes a
 PNG of trial reconstructions to choose from. The volume ``(rows, columns, columns)``, attenuation
-per voxel, is written block by block into a float32 TIFF that appears atomically; a killed run
+per voxel, is written block by block (float32 TIFF, HDF5 or Zarr: dataset/array ``volume``) under
+a hidden partial name and moved into place when complete; a killed run
 resumes where it stopped when started again with the same settings. Every choice is recorded in
-the TIFF's metadata, and a PNG of the central slices is written beside it.
+the output's metadata, and a PNG of the central slices is written beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +299,17 @@ def _check_config(cfg: DictConfig) -> str:
         if not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
     suffix = Path(str(cfg.output)).suffix.lower()
-    if suffix not in (".tif", ".tiff"):
-        raise ValueError(f"output={cfg.output}: write a .tif/.tiff volume")
+    if suffix not in OUTPUT_KINDS:
+        raise ValueError(f"output={cfg.output}: expected a volume file ending in "
+                         f"{', '.join(OUTPUT_KINDS)}")
+    if algorithm == "learned" and OUTPUT_KINDS[suffix] != "tiff":
+        raise ValueError(f"output={cfg.output}: algorithm=learned writes a .tif volume")
     return algorithm
+
+
+OUTPUT_KINDS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5",
+                ".zarr": "zarr"}
+VOLUME_KEY = "volume"  # the dataset/array name in HDF5 and Zarr outputs
 
 
 def _partial_paths(output: Path) -> tuple[Path, Path]:
@@ -307,27 +317,106 @@ def _partial_paths(output: Path) -> tuple[Path, Path]:
             output.with_name(f".{output.name}.partial.json"))
 
 
-def _open_output(output: Path, shape: tuple[int, int, int], meta: dict[str, Any],
-                 key: str) -> tuple[np.memmap, int]:
-    """The partial output memmap and the first row still to do (resuming a killed run)."""
-    import tifffile
+class _VolumeWriter:
+    """Block-by-block writes into a partial TIFF (memmap), HDF5 dataset or Zarr array."""
 
+    def __init__(self, path: Path, kind: str, shape: tuple[int, int, int] | None,
+                 meta: dict[str, Any]) -> None:
+        self.kind, self.handle = kind, None
+        create = shape is not None
+        if kind == "tiff":
+            import tifffile
+
+            if create:
+                self.array = tifffile.memmap(path, shape=shape, dtype=np.float32,
+                                             photometric="minisblack", metadata=meta,
+                                             bigtiff=int(np.prod(shape)) * 4 > 2**31 - 2**25)
+            else:
+                self.array = tifffile.memmap(path, mode="r+")
+        elif kind == "hdf5":
+            import h5py
+
+            self.handle = h5py.File(path, "w" if create else "r+")
+            if create:
+                self.array = self.handle.create_dataset(
+                    VOLUME_KEY, shape=shape, dtype="float32", chunks=(1, *shape[1:]))
+                self.handle.attrs["metadata"] = json.dumps(meta, default=str)
+            else:
+                self.array = self.handle[VOLUME_KEY]
+        else:
+            import zarr
+
+            if create:
+                group = zarr.open_group(str(path), mode="w")
+                self.array = group.create_array(VOLUME_KEY, shape=shape, dtype="float32",
+                                                chunks=(1, *shape[1:]), fill_value=0.0)
+                group.attrs.update(json.loads(json.dumps(meta, default=str)))
+            else:
+                self.array = zarr.open_group(str(path), mode="r+")[VOLUME_KEY]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.array.shape)
+
+    def __setitem__(self, key: slice, value: np.ndarray) -> None:
+        self.array[key] = value
+
+    def flush(self) -> None:
+        if self.kind == "tiff":
+            self.array.flush()
+        elif self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.handle is not None:
+            self.handle.close()
+        self.array = None
+
+
+def _open_output(output: Path, shape: tuple[int, int, int], meta: dict[str, Any],
+                 key: str) -> tuple[_VolumeWriter, int]:
+    """The partial output and the first row still to do (resuming a killed run)."""
+    kind = OUTPUT_KINDS[output.suffix.lower()]
     partial, state_path = _partial_paths(output)
-    if partial.is_file() and state_path.is_file():
+    if partial.exists() and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
             if state.get("key") == key:
-                vol = tifffile.memmap(partial, mode="r+")
-                if tuple(vol.shape) == shape:
+                writer = _VolumeWriter(partial, kind, None, meta)
+                if writer.shape == shape:
                     log.info("resuming %s at row %d of %d", output, state["done"], shape[0])
-                    return vol, int(state["done"])
+                    return writer, int(state["done"])
+                writer.close()
         except (OSError, ValueError, KeyError):
             pass
     output.parent.mkdir(parents=True, exist_ok=True)
-    vol = tifffile.memmap(partial, shape=shape, dtype=np.float32, photometric="minisblack",
-                          metadata=meta, bigtiff=np.prod(shape) * 4 > 2**31)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    writer = _VolumeWriter(partial, kind, shape, meta)
     write_json(state_path, {"key": key, "done": 0})
-    return vol, 0
+    return writer, 0
+
+
+def _finish_output(output: Path) -> Any:
+    """Move the complete partial output into place; return the volume, opened read-only."""
+    partial, state_path = _partial_paths(output)
+    kind = OUTPUT_KINDS[output.suffix.lower()]
+    if output.is_dir():
+        shutil.rmtree(output)
+    os.replace(partial, output)
+    state_path.unlink(missing_ok=True)
+    if kind == "tiff":
+        import tifffile
+
+        return tifffile.memmap(output, mode="r")
+    if kind == "hdf5":
+        import h5py
+
+        return h5py.File(output, "r")[VOLUME_KEY]
+    import zarr
+
+    return zarr.open_group(str(output), mode="r")[VOLUME_KEY]
 
 
 def _write_preview(output: Path, volume: np.ndarray) -> Path:
@@ -419,27 +508,26 @@ def reconstruct(cfg: DictConfig) -> np.ndarray | None:
         extra = cfg.get("algorithm_kwargs")
         kwargs = dict(_container(extra)) if extra else {}
         step = int(cfg.get("batch_size", 16))
-        partial, state_path = _partial_paths(output)
-        with tqdm(total=rows, initial=done, desc=f"{algorithm}", unit="slice",
-                  disable=not cfg.get("progress", True)) as bar:
-            for z in range(done, rows, step):
-                stop = min(z + step, rows)
-                block = preprocess_rows(scan.rows(lo + z, lo + stop), scan, lo + z, lo + stop, cfg)
-                block = check_projections(block, theta)
-                vol[z:stop] = recon(
-                    block, theta, center=centers[z:stop], algorithm=algorithm,
-                    backend=cfg.get("backend", "torch"), num_iter=cfg.get("num_iter"),
-                    filter_name=cfg.get("filter_name", "ramp"), chunk=step,
-                    device=_device(str(cfg.get("device", "cpu"))), **kwargs)
-                vol.flush()
-                write_json(state_path, {"key": key, "done": stop})
-                bar.update(stop - z)
-        del vol
-        os.replace(partial, output)
-        state_path.unlink(missing_ok=True)
-    import tifffile
-
-    volume = tifffile.memmap(output, mode="r")
+        state_path = _partial_paths(output)[1]
+        try:
+            with tqdm(total=rows, initial=done, desc=f"{algorithm}", unit="slice",
+                      disable=not cfg.get("progress", True)) as bar:
+                for z in range(done, rows, step):
+                    stop = min(z + step, rows)
+                    block = preprocess_rows(scan.rows(lo + z, lo + stop), scan, lo + z,
+                                            lo + stop, cfg)
+                    block = check_projections(block, theta)
+                    vol[z:stop] = recon(
+                        block, theta, center=centers[z:stop], algorithm=algorithm,
+                        backend=cfg.get("backend", "torch"), num_iter=cfg.get("num_iter"),
+                        filter_name=cfg.get("filter_name", "ramp"), chunk=step,
+                        device=_device(str(cfg.get("device", "cpu"))), **kwargs)
+                    vol.flush()
+                    write_json(state_path, {"key": key, "done": stop})
+                    bar.update(stop - z)
+        finally:
+            vol.close()
+    volume = _finish_output(output)
     _write_preview(output, volume)
     log.info("wrote %s %s", output, volume.shape)
     return volume

@@ -119,7 +119,8 @@ def test_center_scan_writes_png(dx_file, tmp_path):
     assert (tmp_path / "vol_center_scan.png").is_file() and not out.exists()
 
 
-def test_overrides_and_resume_after_a_kill(sim, dx_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("suffix", [".tif", ".h5", ".zarr"])
+def test_overrides_and_resume_after_a_kill(sim, dx_file, tmp_path, monkeypatch, suffix):
     import reconstruct
 
     np.savetxt(tmp_path / "theta.txt", sim["theta_deg"])
@@ -136,15 +137,17 @@ def test_overrides_and_resume_after_a_kill(sim, dx_file, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(reconstruct, "recon", dies_on_third_block)
-    out = tmp_path / "resumed.tif"
+    out = tmp_path / f"resumed{suffix}"
+    state = tmp_path / f".resumed{suffix}.partial.json"
     with pytest.raises(KeyboardInterrupt):
         run([*common, f"output={out}"])
-    assert not out.exists() and (tmp_path / ".resumed.tif.partial.json").is_file()
-    assert json.loads((tmp_path / ".resumed.tif.partial.json").read_text())["done"] == 2
+    assert not out.exists() and state.is_file()
+    assert json.loads(state.read_text())["done"] == 2
     calls["n"] = -100  # no more kills; count the blocks of the second run
     vol = np.array(run([*common, f"output={out}"]))
     assert calls["n"] == -100 + ROWS - 2  # only the two missing blocks were reconstructed
     np.testing.assert_array_equal(vol, whole)
+    assert out.exists() and not state.exists() and (tmp_path / "resumed_preview.png").is_file()
 
 
 def test_bad_inputs_are_refused_before_writing(sim, dx_file, tmp_path):
