@@ -44,6 +44,7 @@ from src.recon.preprocessing import (
     minus_log,
     normalize,
     remove_outliers,
+    remove_stripe_fw,
     remove_stripe_sorting,
     retrieve_phase,
 )
@@ -127,7 +128,13 @@ def preprocess_rows(block: np.ndarray | None, scan: ProjectionScan, start: int, 
     if take_log:
         block = minus_log(block)
     if rings and cfg.get("ring_removal", False):
-        block = remove_stripe_sorting(block, size=int(cfg.get("ring_size", 21)))
+        method = str(cfg.get("ring_method", "sorting"))
+        if method == "sorting":
+            block = remove_stripe_sorting(block, size=int(cfg.get("ring_size", 21)))
+        elif method == "fw":
+            block = remove_stripe_fw(block, sigma=float(cfg.get("ring_sigma", 2.0)))
+        else:
+            raise ValueError(f"ring_method={method!r}: expected sorting or fw")
     return block
 
 
@@ -478,7 +485,8 @@ def reconstruct(cfg: DictConfig) -> np.ndarray | None:
                              f"outside the detector (0 .. {cols}); give center=COLUMN or "
                              "center=scan")
         options = {k: _container(cfg.get(k)) for k in (
-            "minus_log", "zinger_removal", "zinger_threshold", "ring_removal", "ring_size",
+            "minus_log", "zinger_removal", "zinger_threshold", "ring_removal", "ring_method",
+            "ring_size", "ring_sigma",
             "phase_retrieval", "filter_name", "num_iter", "algorithm_kwargs", "backend")}
         if cfg.get("phase_retrieval", False):
             options["paganin"] = phase_parameters(scan, cfg)
