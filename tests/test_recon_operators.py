@@ -136,6 +136,40 @@ def test_numba_and_torch_kernels_agree(shape, n_angles, n_det, center, monkeypat
     assert not ops[0]._mats and ops[2]._mats
 
 
+def _child_projects(queue, op, x) -> None:  # runs in a forked process
+    torch.set_num_threads(1)  # as a DataLoader worker does (torch's own pool after a fork)
+    y = torch.rand(256, 256) @ torch.rand(256, 256)
+    queue.put((op.kernel_for("cpu"), float(y.sum()) > 0, op(x).numpy()))
+
+
+def test_forked_child_after_the_numba_kernels() -> None:
+    """After the parent ran the numba kernels, a forked child (a DataLoader-like worker) still
+    runs torch ops and the kernels: numba uses its own (workqueue) thread pool, since sharing
+    GNU OpenMP's with torch made the child's next torch op hang."""
+    import multiprocessing as mp
+
+    from src.recon import operators
+
+    if not operators.numba_available():
+        pytest.skip("numba not installed")
+    op = ParallelBeamProjector((20, 20), np.linspace(0, np.pi, 12, endpoint=False))
+    x = torch.rand(2, 20, 20, dtype=torch.float64)
+    here = op(x)
+    assert op.kernel_for("cpu") == "numba"
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_projects, args=(queue, op, x))
+    proc.start()
+    try:
+        kernel, torch_ok, there = queue.get(timeout=120)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+    assert kernel == "numba" and torch_ok
+    np.testing.assert_allclose(there, here.numpy(), rtol=1e-10, atol=1e-10)
+
+
 def test_operator_stores_nothing_for_a_txm_geometry() -> None:
     """A 2048-column x 1500-angle operator is only its angles: no system matrix is built (the old
     sparse one would have been ~200 GB)."""

@@ -35,6 +35,8 @@ the same operator:
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +61,12 @@ CACHE_MAX_ENTRIES = 4 * 2**20
 
 try:  # the compiled CPU kernels (numba comes with the main dependencies)
     import numba
+
+    # numba's own thread pool: its OpenMP layer would share GNU OpenMP's pool with torch, and
+    # after a fork torch's next parallel op in the child would hang (calls are serialised below,
+    # since this layer is not thread-safe). NUMBA_THREADING_LAYER in the environment wins.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
 
     @numba.njit(inline="always")
     def _nb_interior(base, c, width, n_t):  # pragma: no cover - jit
@@ -214,6 +222,10 @@ except ImportError:  # pragma: no cover - numba is a dependency; the torch kerne
     _HAS_NUMBA = False
 
 
+# Calls into numba's parallel kernels are serialised: its workqueue layer is not thread-safe.
+_NUMBA_LOCK = threading.Lock()
+
+
 def numba_available() -> bool:
     """Whether the compiled CPU kernels can be used."""
     return _HAS_NUMBA
@@ -334,7 +346,7 @@ class ParallelBeamProjector(torch.nn.Module):
         """The kernel used for tensors on ``device``."""
         if self.kernel != "auto":
             return self.kernel
-        return "numba" if _HAS_NUMBA and torch.device(device).type == "cpu" else "torch"
+        return "numba" if numba_available() and torch.device(device).type == "cpu" else "torch"
 
     # ---------------------------------------------------------------- torch kernel
     def _weights(self, a0: int, a1: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -457,16 +469,18 @@ class ParallelBeamProjector(torch.nn.Module):
         s = np.ascontiguousarray(sino.detach().numpy().transpose(1, 2, 0))  # (A, T, B)
         h, w = self.image_shape
         out = np.zeros((h, w, s.shape[2]), dtype=s.dtype)
-        _nb_backproject(s, self._cos, self._sin, self.center, h, w, out,
-                        self._block(h, w * s.shape[2] * s.itemsize))
+        with _NUMBA_LOCK:
+            _nb_backproject(s, self._cos, self._sin, self.center, h, w, out,
+                            self._block(h, w * s.shape[2] * s.itemsize))
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
     def _numba_forward(self, image: Tensor) -> Tensor:
         self._numba_threads()
         x = np.ascontiguousarray(image.detach().numpy().transpose(1, 2, 0))  # (H, W, B)
         out = np.zeros((self.n_angles, self.n_det, x.shape[2]), dtype=x.dtype)
-        _nb_project(x, self._cos, self._sin, self.center, out,
-                    self._block(self.n_angles, self.n_det * x.shape[2] * x.itemsize))
+        with _NUMBA_LOCK:
+            _nb_project(x, self._cos, self._sin, self.center, out,
+                        self._block(self.n_angles, self.n_det * x.shape[2] * x.itemsize))
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
     # ---------------------------------------------------------------- raw operators
