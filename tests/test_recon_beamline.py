@@ -201,6 +201,23 @@ def test_txrm_reference_file():
         assert frame.shape == (1, 512, 512) and abs(frame.energy_ev - 7191) < 1
 
 
+def test_txrm_without_images_is_refused(tmp_path):
+    """A valid OLE2 file whose image streams are gone (their directory names changed in place:
+    same length, UTF-16) is refused with one clear error, before anything is written."""
+    path = XRADIA / "txrm_test_chip_tomo.txrm"
+    if not path.is_file():
+        pytest.skip(f"Xradia reference data not found at {XRADIA}")
+    pytest.importorskip("olefile")
+    raw = path.read_bytes()
+    name, renamed = "ImageData".encode("utf-16-le"), "ImageDatX".encode("utf-16-le")
+    assert name in raw
+    (tmp_path / "noimages.txrm").write_bytes(raw.replace(name, renamed))
+    out = tmp_path / "vol.tif"
+    with pytest.raises(ValueError, match=r"noimages.txrm: no images \(streams 'ImageData\*/Image\*'"):
+        run([f"input={tmp_path / 'noimages.txrm'}", f"output={out}"])
+    assert not out.exists()
+
+
 def test_paganin_on_row_blocks_matches_the_whole_stack(sim, dx_file, tmp_path):
     from src.recon import retrieve_phase
 
