@@ -1,19 +1,33 @@
-"""Reconstruct a projection stack into a volume:
-``python reconstruct.py input=PROJECTIONS [flat=FLATS dark=DARKS] algorithm=fbp|sirt|cgls|tv|learned
-[ckpt_path=CKPT] [theta=ANGLES] [center=COLUMN] output=VOLUME.tif``.
+"""Reconstruct a scan into a volume with one command:
+``python reconstruct.py input=SCAN output=VOLUME.tif`` (everything else found in the file or by
+itself), or with overrides ``[flat=FLATS dark=DARKS theta=ANGLES|even center=auto|scan|COLUMN
+algorithm=fbp|sirt|cgls|tv|learned ckpt_path=CKPT ...]``.
 
-Projections are tomopy-ordered ``(angles, rows, columns)`` (TIFF stack, folder of TIFFs, ``.npy``
-or HDF5 with ``dataset=``). With flats (and darks) they are normalised and ``-log``-ed; otherwise
-they are taken as line integrals (``minus_log=true`` forces the log of transmissions). Optional
-ring (stripe) removal, then FBP/SIRT/CGLS/TV (:func:`src.recon.recon`) or a learned net
-(LPD/LGD/FBPConvNet checkpoint from ``train.py``) slice by slice. The volume
-``(rows, columns, columns)`` in attenuation per voxel is written atomically as float32 TIFF.
+Inputs (:func:`src.data.projections.open_scan`): Data Exchange HDF5 (``exchange/data``,
+``data_white``, ``data_dark``, ``theta`` in degrees), Zeiss/Xradia TXRM/XRM (projections,
+angles, pixel size, energy), TIFF stacks / folders / ``.npy`` with separate flat, dark and angle
+files. Projections are tomopy-ordered ``(angles, rows, columns)`` and read lazily, a block of
+rows at a time: flat/dark correction (mean flats and darks), ``-log``, optional zinger and ring
+removal, then FBP/SIRT/CGLS/TV (:func:`src.recon.recon`) or a learned net (LPD/LGD/FBPConvNet
+checkpoint from ``train.py``). The rotation centre is found by Vo's method on a few rows
+(``center=auto``, the default; ``center_fit=tilt`` fits it per row), or ``center=scan`` writes a
+PNG of trial reconstructions to choose from. The volume ``(rows, columns, columns)``, attenuation
+per voxel, is written block by block (float32 TIFF, HDF5 or Zarr: dataset/array ``volume``) under
+a hidden partial name and moved into place when complete; a killed run
+resumes where it stopped when started again with the same settings. Every choice is recorded in
+the output's metadata, and a PNG of the central slices is written beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,37 +36,220 @@ from tqdm.auto import tqdm
 
 from src.cli import run_command
 from src.config import resolve_device
-from src.data.io import write_tiff
-from src.data.io.projections import read_stack, read_theta
+from src.data.io import write_json, write_tiff
+from src.data.io.checks import check_output_file
+from src.data.projections import ProjectionScan, open_scan
+from src.recon.centre import find_center_vo
 from src.recon.fbp import ALGORITHMS, check_projections, recon
-from src.recon.preprocessing import minus_log, normalize, remove_stripe_sorting
+from src.recon.preprocessing import (
+    minus_log,
+    normalize,
+    remove_outliers,
+    remove_stripe_fw,
+    remove_stripe_sorting,
+    retrieve_phase,
+)
 
 log = logging.getLogger("reconstruct")
 
 METHODS = (*ALGORITHMS, "learned")
+CENTER_ERROR = "center={!r}: expected a column number, auto or scan"
 
 
-def preprocess(tomo: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Raw stack -> line integrals ``(angles, rows, cols)``: flat/dark, ``-log``, ring removal."""
-    if tomo.ndim == 2:  # one sinogram (angles, cols)
-        tomo = tomo[:, None]
-    if tomo.ndim != 3:
-        raise ValueError(f"{cfg.input}: projections must be (angles, rows, columns), got shape "
-                         f"{tomo.shape}")
-    flat = read_stack(cfg.flat, cfg.get("flat_dataset")) if cfg.get("flat") else None
-    dark = read_stack(cfg.dark, cfg.get("dark_dataset")) if cfg.get("dark") else None
-    if dark is not None and flat is None:
-        raise ValueError("dark given without flat: give flat=... too")
+def _container(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def open_input(cfg: DictConfig) -> ProjectionScan:
+    """The scan of ``cfg.input`` with ``flat``/``dark``/``theta`` overrides, checked."""
+    theta = _container(cfg.get("theta"))
+    scan = open_scan(cfg.input, dataset=cfg.get("dataset"), flat=cfg.get("flat"),
+                     dark=cfg.get("dark"), theta=theta, theta_unit=cfg.get("theta_unit", "rad"),
+                     flat_dataset=cfg.get("flat_dataset"), dark_dataset=cfg.get("dark_dataset"),
+                     theta_dataset=cfg.get("theta_dataset"))
+    if scan.theta is None:
+        scan.close()
+        raise ValueError(f"{cfg.input}: the file has no angles (Data Exchange key "
+                         f"{cfg.get('theta_dataset') or 'exchange/theta'!r}, TXRM "
+                         "'ImageInfo/Angles'); give theta=FILE, theta=[...] or theta=even "
+                         "(evenly spaced over [0, pi))")
+    if scan.dark is not None and scan.flat is None:
+        scan.close()
+        raise ValueError(f"{cfg.input}: darks ({scan.source['dark']}) without flats: give "
+                         "flat=... too")
+    return scan
+
+
+def _phase_margin(scan: ProjectionScan, cfg: DictConfig) -> int:
+    """Rows read above and below a block for Paganin's filter (0 when it is off)."""
+    if not cfg.get("phase_retrieval", False):
+        return 0
+    return int(cfg.get("phase_margin", 32))
+
+
+def phase_parameters(scan: ProjectionScan, cfg: DictConfig) -> dict[str, float]:
+    """Paganin's parameters: pixel size and energy from the file unless given in the config."""
+    pixel_nm = cfg.get("pixel_size_nm") or scan.pixel_size_nm
+    energy_ev = cfg.get("energy_ev") or scan.energy_ev
+    if not pixel_nm or not energy_ev:
+        raise ValueError(f"{scan.path}: phase_retrieval=true needs the pixel size and energy "
+                         "(not in the file): give pixel_size_nm=... energy_ev=...")
+    return {"pixel_size": float(pixel_nm) * 1e-7, "energy": float(energy_ev) / 1e3,
+            "dist": float(cfg.get("distance_cm", 1.0)), "alpha": float(cfg.get("alpha", 1e-3))}
+
+
+def preprocess_rows(block: np.ndarray | None, scan: ProjectionScan, start: int, stop: int,
+                    cfg: DictConfig, rings: bool = True) -> np.ndarray:
+    """Rows ``[start, stop)`` -> line integrals ``(angles, n, cols)``: flat/dark (mean frames),
+    zingers, Paganin phase retrieval (with ``phase_margin`` rows read around the block), ``-log``,
+    rings (``rings=False`` skips the ring removal). ``block`` is the raw rows, or None to read
+    them from ``scan``."""
+    margin = _phase_margin(scan, cfg)
+    lo, hi = max(0, start - margin), min(scan.shape[1], stop + margin)
+    if margin or block is None:
+        block = scan.rows(lo, hi)
+    else:
+        lo, hi = start, stop
+    flat = scan.flat_rows(lo, hi)
     if flat is not None:
-        tomo = normalize(tomo, flat, dark if dark is not None else np.zeros_like(flat[-1] if flat.ndim == 3 else flat))
+        dark = scan.dark_rows(lo, hi)
+        block = normalize(block, flat, dark if dark is not None else np.zeros_like(flat))
+    if cfg.get("zinger_removal", False):  # on counts / transmission, before the log
+        block = remove_outliers(block, float(cfg.get("zinger_threshold", 0.1)))
+    if margin:
+        block = retrieve_phase(block, **phase_parameters(scan, cfg))[:, start - lo:stop - lo]
     take_log = cfg.get("minus_log", "auto")
     if take_log == "auto":
         take_log = flat is not None
+        if flat is None and np.issubdtype(np.dtype(getattr(scan.data, "dtype", np.float32)),
+                                          np.integer) and not getattr(scan, "_warned", False):
+            log.warning("%s: integer counts without flats are taken as line integrals; give "
+                        "flat=... (and dark=...) or minus_log=true", scan.path)
+            scan._warned = True  # type: ignore[attr-defined]
     if take_log:
-        tomo = minus_log(tomo)
-    if cfg.get("ring_removal", False):
-        tomo = remove_stripe_sorting(tomo, size=int(cfg.get("ring_size", 21)))
-    return tomo
+        block = minus_log(block)
+    if rings and cfg.get("ring_removal", False):
+        method = str(cfg.get("ring_method", "sorting"))
+        if method == "sorting":
+            block = remove_stripe_sorting(block, size=int(cfg.get("ring_size", 21)))
+        elif method == "fw":
+            block = remove_stripe_fw(block, sigma=float(cfg.get("ring_sigma", 2.0)))
+        else:
+            raise ValueError(f"ring_method={method!r}: expected sorting or fw")
+    return block
+
+
+def parse_center(value: Any, cols: int) -> float | str:
+    """``auto``/``scan`` or a column inside the detector; anything else is refused clearly."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return "auto"
+    if isinstance(value, str) and value.strip().lower() == "scan":
+        return "scan"
+    if isinstance(value, bool):
+        raise ValueError(CENTER_ERROR.format(value))
+    try:
+        center = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(CENTER_ERROR.format(value)) from None
+    if not (math.isfinite(center) and 0.0 <= center <= cols):
+        raise ValueError(f"center={value}: outside the detector (columns 0 .. {cols})")
+    return center
+
+
+def _sample_rows(lo: int, hi: int, count: int) -> list[int]:
+    if hi - lo <= count:
+        return list(range(lo, hi))
+    return sorted({int(round(v)) for v in np.linspace(lo + 0.1 * (hi - lo),
+                                                      hi - 1 - 0.1 * (hi - lo), count)})
+
+
+def auto_center(scan: ProjectionScan, theta: np.ndarray, lo: int, hi: int,
+                cfg: DictConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-row centres for rows ``[lo, hi)`` from Vo's method on a few rows (median, or a line
+    through them with ``center_fit=tilt``), and what was found, for the log and metadata."""
+    rows = _sample_rows(lo, hi, int(cfg.get("center_rows", 5)))
+    cols = scan.shape[2]
+    n_angles = theta.size
+    half = theta < np.pi - 1e-6  # Vo's method wants [0, pi)
+    found = []
+    step = max(1, int(np.count_nonzero(half)) // 720)  # plenty of angles for the metric
+    for r in rows:
+        # no ring removal here: on one row of few angles the sorting filter can move the centre
+        line = preprocess_rows(scan.rows(r, r + 1), scan, r, r + 1, cfg, rings=False)[:, 0]
+        sino = line[half][::step] if half.sum() >= n_angles // 2 else line[::step]
+        found.append(find_center_vo(sino, smin=-cols / 4, smax=cols / 4,
+                                    ratio=float(cfg.get("center_ratio", 0.5))))
+    found_a = np.asarray(found)
+    # Vo's metric can have a spurious minimum at the far end of the search (the mirrored
+    # sinogram shifted mostly off the detector): such rows, and rows far from the others, are
+    # left out of the fit (the robust part).
+    keep = np.abs(found_a - cols / 2) < cols / 4 - 1.0
+    if not keep.any():
+        keep[:] = True
+    fit = str(cfg.get("center_fit", "median"))
+    if fit not in ("median", "tilt"):
+        raise ValueError(f"center_fit={fit!r}: expected median or tilt")
+    rows_f = np.asarray(rows, dtype=np.float64)
+    rows_all = np.arange(lo, hi)
+    slope, icept = 0.0, float(np.median(found_a[keep]))
+    for _ in range(3):
+        if fit == "tilt" and keep.sum() >= 2:
+            slope, icept = np.polyfit(rows_f[keep], found_a[keep], 1)
+        else:
+            slope, icept = 0.0, float(np.median(found_a[keep]))
+        resid = np.abs(found_a - (icept + slope * rows_f))
+        new_keep = resid <= max(1.0, 2.0 * float(np.median(resid[keep])))
+        if new_keep.sum() < max(1, keep.sum() // 2) or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    centers = icept + slope * rows_all
+    info = {"method": "vo", "fit": fit if keep.sum() >= 2 or fit == "median" else "median",
+            "rows": rows, "found": [round(float(v), 3) for v in found_a],
+            "used": [int(r) for r, k in zip(rows, keep, strict=True) if k]}
+    if fit == "tilt":
+        info.update({"slope_px_per_row": float(slope), "intercept": float(icept)})
+    if not keep.all():
+        log.warning("center=auto: rows %s disagree with the others (%s) and are left out; "
+                    "check with center=scan", [r for r, k in zip(rows, keep, strict=True)
+                                               if not k], info["found"])
+    return centers, info
+
+
+def write_center_scan(scan: ProjectionScan, theta: np.ndarray, row: int, cfg: DictConfig,
+                      path: Path) -> list[float]:
+    """PNG of FBP slices of ``row`` at trial centres (tomopy's ``write_center``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = scan.shape[2]
+    spec = _container(cfg.get("center_range")) or [cols / 2 - 10, cols / 2 + 10, 2]
+    lo, hi, step = (float(v) for v in spec)
+    trials = [float(c) for c in np.arange(lo, hi + 1e-9, step) if 0 <= c <= cols]
+    line = preprocess_rows(scan.rows(row, row + 1), scan, row, row + 1, cfg)
+    tomo = np.repeat(line, len(trials), axis=1)
+    recs = recon(tomo, theta, center=np.asarray(trials), filter_name=cfg.get("filter_name", "ramp"))
+    n = len(trials)
+    ncol = min(n, 5)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3 * nrow), squeeze=False)
+    lo_v, hi_v = np.percentile(recs, [1, 99])
+    for ax, rec, c in zip(axes.ravel(), recs, trials, strict=False):
+        ax.imshow(rec, cmap="gray", vmin=lo_v, vmax=hi_v)
+        ax.set_title(f"center={c:g}", fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"{cfg.input}, row {row}: choose center=...")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return trials
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(resolve_device(name))
 
 
 def reconstruct_learned(
@@ -70,7 +267,7 @@ def reconstruct_learned(
     from src.models.nets.reconstruction import make_projector
     from src.simulation.sinograms import attenuation_unit
 
-    dev = torch.device(resolve_device(device))
+    dev = _device(device)
     module, data_hp = load_reconstruction_checkpoint(ckpt_path, map_location=dev)
     net = module.net
     op = net.projector
@@ -97,8 +294,7 @@ def reconstruct_learned(
     return out
 
 
-def reconstruct(cfg: DictConfig) -> np.ndarray:
-    """Read, preprocess, reconstruct and write (see the module doc); returns the volume."""
+def _check_config(cfg: DictConfig) -> str:
     algorithm = str(cfg.algorithm).lower()
     if algorithm not in METHODS:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {METHODS}")
@@ -108,41 +304,244 @@ def reconstruct(cfg: DictConfig) -> np.ndarray:
                              "model=lpd, lgd or fbpconvnet)")
         if not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"checkpoint {cfg.ckpt_path} does not exist")
-    tomo = preprocess(read_stack(cfg.input, cfg.get("dataset")), cfg)
-    spec = cfg.get("theta")
-    theta = read_theta(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec, tomo.shape[0],
-                       cfg.get("theta_unit", "rad"))
-    tomo = check_projections(tomo, theta)
-    if cfg.get("rows") is not None:
-        start, stop = (int(v) for v in cfg.rows)
-        tomo = tomo[:, start:stop]
-        if tomo.shape[1] == 0:
-            raise ValueError(f"rows={list(cfg.rows)} selects no detector row")
-    center = cfg.get("center")
-    n_angles, rows, cols = tomo.shape
-    log.info("%s: %d angles x %d rows x %d columns, %s", cfg.input, n_angles, rows, cols, algorithm)
-    if algorithm == "learned":
-        volume = reconstruct_learned(tomo, theta, center, cfg.ckpt_path, cfg.get("mu"),
-                                     int(cfg.get("batch_size", 16)), str(cfg.get("device", "cpu")),
-                                     bool(cfg.get("progress", True)))
-    else:
+    suffix = Path(str(cfg.output)).suffix.lower()
+    if suffix not in OUTPUT_KINDS:
+        raise ValueError(f"output={cfg.output}: expected a volume file ending in "
+                         f"{', '.join(OUTPUT_KINDS)}")
+    if algorithm == "learned" and OUTPUT_KINDS[suffix] != "tiff":
+        raise ValueError(f"output={cfg.output}: algorithm=learned writes a .tif volume")
+    if OUTPUT_KINDS[suffix] != "zarr" and Path(str(cfg.output)).is_dir():
+        raise IsADirectoryError(f"output={cfg.output} is an existing folder; expected a volume file name")
+    inputs = [str(cfg.input).split(":")[0]] + [str(cfg[k]) for k in ("flat", "dark", "theta")
+                                               if isinstance(cfg.get(k), str)]
+    check_output_file(str(cfg.output), "output", inputs=inputs)  # writable, not an input: before any work
+    return algorithm
+
+
+OUTPUT_KINDS = {".tif": "tiff", ".tiff": "tiff", ".h5": "hdf5", ".hdf5": "hdf5",
+                ".zarr": "zarr"}
+VOLUME_KEY = "volume"  # the dataset/array name in HDF5 and Zarr outputs
+
+
+def _partial_paths(output: Path) -> tuple[Path, Path]:
+    return (output.with_name(f".{output.name}.partial{output.suffix}"),
+            output.with_name(f".{output.name}.partial.json"))
+
+
+class _VolumeWriter:
+    """Block-by-block writes into a partial TIFF (memmap), HDF5 dataset or Zarr array."""
+
+    def __init__(self, path: Path, kind: str, shape: tuple[int, int, int] | None,
+                 meta: dict[str, Any]) -> None:
+        self.kind, self.handle = kind, None
+        create = shape is not None
+        if kind == "tiff":
+            import tifffile
+
+            if create:
+                self.array = tifffile.memmap(path, shape=shape, dtype=np.float32,
+                                             photometric="minisblack", metadata=meta,
+                                             bigtiff=int(np.prod(shape)) * 4 > 2**31 - 2**25)
+            else:
+                self.array = tifffile.memmap(path, mode="r+")
+        elif kind == "hdf5":
+            import h5py
+
+            self.handle = h5py.File(path, "w" if create else "r+")
+            if create:
+                self.array = self.handle.create_dataset(
+                    VOLUME_KEY, shape=shape, dtype="float32", chunks=(1, *shape[1:]))
+                self.handle.attrs["metadata"] = json.dumps(meta, default=str)
+            else:
+                self.array = self.handle[VOLUME_KEY]
+        else:
+            import zarr
+
+            if create:
+                group = zarr.open_group(str(path), mode="w")
+                self.array = group.create_array(VOLUME_KEY, shape=shape, dtype="float32",
+                                                chunks=(1, *shape[1:]), fill_value=0.0)
+                group.attrs.update(json.loads(json.dumps(meta, default=str)))
+            else:
+                self.array = zarr.open_group(str(path), mode="r+")[VOLUME_KEY]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.array.shape)
+
+    def __setitem__(self, key: slice, value: np.ndarray) -> None:
+        self.array[key] = value
+
+    def flush(self) -> None:
+        if self.kind == "tiff":
+            self.array.flush()
+        elif self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.handle is not None:
+            self.handle.close()
+        self.array = None
+
+
+def _open_output(output: Path, shape: tuple[int, int, int], meta: dict[str, Any],
+                 key: str) -> tuple[_VolumeWriter, int]:
+    """The partial output and the first row still to do (resuming a killed run)."""
+    kind = OUTPUT_KINDS[output.suffix.lower()]
+    partial, state_path = _partial_paths(output)
+    if partial.exists() and state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+            if state.get("key") == key:
+                writer = _VolumeWriter(partial, kind, None, meta)
+                if writer.shape == shape:
+                    log.info("resuming %s at row %d of %d", output, state["done"], shape[0])
+                    return writer, int(state["done"])
+                writer.close()
+        except (OSError, ValueError, KeyError):
+            pass
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    writer = _VolumeWriter(partial, kind, shape, meta)
+    write_json(state_path, {"key": key, "done": 0})
+    return writer, 0
+
+
+def _finish_output(output: Path) -> Any:
+    """Move the complete partial output into place; return the volume, opened read-only."""
+    partial, state_path = _partial_paths(output)
+    kind = OUTPUT_KINDS[output.suffix.lower()]
+    if output.is_dir():
+        shutil.rmtree(output)
+    os.replace(partial, output)
+    state_path.unlink(missing_ok=True)
+    if kind == "tiff":
+        import tifffile
+
+        return tifffile.memmap(output, mode="r")
+    if kind == "hdf5":
+        import h5py
+
+        return h5py.File(output, "r")[VOLUME_KEY]
+    import zarr
+
+    return zarr.open_group(str(output), mode="r")[VOLUME_KEY]
+
+
+def _write_preview(output: Path, volume: np.ndarray) -> Path:
+    """PNG of the central slices (z, y and x) beside the volume."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z, y, x = (s // 2 for s in volume.shape)
+    views = [("z", volume[z]), ("y", volume[:, y]), ("x", volume[:, :, x])]
+    lo, hi = np.percentile(volume[z], [1, 99])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    for ax, (name, img) in zip(axes, views, strict=True):
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect="auto")
+        ax.set_title(f"central {name} slice")
+        ax.axis("off")
+    fig.tight_layout()
+    path = output.with_name(output.stem + "_preview.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def reconstruct(cfg: DictConfig) -> np.ndarray | None:
+    """Read, preprocess, reconstruct and write (see the module doc); returns the volume (a
+    read-only memory map of the written TIFF), or None for ``center=scan``."""
+    algorithm = _check_config(cfg)
+    output = Path(str(cfg.output))
+    with open_input(cfg) as scan:
+        theta = scan.theta
+        assert theta is not None
+        n_angles, n_rows, cols = scan.shape
+        lo, hi = 0, n_rows
+        if cfg.get("rows") is not None:
+            lo, hi = (int(v) for v in cfg.rows)
+            lo, hi = max(0, lo), min(n_rows, hi)
+            if hi <= lo:
+                raise ValueError(f"rows={list(cfg.rows)} selects no detector row "
+                                 f"({cfg.input} has {n_rows})")
+        rows = hi - lo
+        center_mode = parse_center(cfg.get("center", "auto"), cols)
+        log.info("%s: %d angles x %d rows x %d columns (%s), %s", cfg.input, n_angles, rows,
+                 cols, ", ".join(f"{k} from {v}" for k, v in scan.source.items()), algorithm)
+        if center_mode == "scan":
+            png = output.with_name(output.stem + "_center_scan.png")
+            trials = write_center_scan(scan, theta, (lo + hi) // 2, cfg, png)
+            log.info("center=scan: wrote %s (centres %s); rerun with center=<the best>", png,
+                     trials)
+            return None
+        if center_mode == "auto":
+            centers, center_info = auto_center(scan, theta, lo, hi, cfg)
+            log.info("center=auto: %s", center_info)
+        else:
+            centers = np.full(rows, float(center_mode))
+            center_info = {"method": "given"}
+        if np.any(centers < 0) or np.any(centers > cols):
+            raise ValueError(f"{cfg.input}: the centre found ({center_info.get('found')}) is "
+                             f"outside the detector (0 .. {cols}); give center=COLUMN or "
+                             "center=scan")
+        options = {k: _container(cfg.get(k)) for k in (
+            "minus_log", "zinger_removal", "zinger_threshold", "ring_removal", "ring_method",
+            "ring_size", "ring_sigma",
+            "phase_retrieval", "filter_name", "num_iter", "algorithm_kwargs", "backend")}
+        if cfg.get("phase_retrieval", False):
+            options["paganin"] = phase_parameters(scan, cfg)
+        meta = {"algorithm": algorithm, "input": str(cfg.input), "sources": scan.source,
+                "n_angles": n_angles, "rows": [lo, hi],
+                "center": float(np.median(centers)) if center_info.get("fit") != "tilt"
+                else [float(centers[0]), float(centers[-1])],
+                "center_info": center_info, "flats": scan.flat is not None,
+                "darks": scan.dark is not None, "preprocessing": options,
+                "pixel_size_nm": scan.pixel_size_nm, "energy_ev": scan.energy_ev,
+                "ckpt_path": str(cfg.get("ckpt_path")) if algorithm == "learned" else None,
+                "units": "attenuation per voxel"}
+        if algorithm == "learned":
+            tomo = check_projections(preprocess_rows(scan.rows(lo, hi), scan, lo, hi, cfg), theta)
+            volume = reconstruct_learned(tomo, theta, float(np.median(centers)), cfg.ckpt_path,
+                                         cfg.get("mu"), int(cfg.get("batch_size", 16)),
+                                         str(cfg.get("device", "cpu")),
+                                         bool(cfg.get("progress", True)))
+            write_tiff(output, volume, metadata=meta)
+            _write_preview(output, volume)
+            log.info("wrote %s %s", output, volume.shape)
+            return volume
+        key = hashlib.sha256(json.dumps(
+            {**meta, "centers": [round(float(c), 6) for c in centers]}, sort_keys=True,
+            default=str).encode()).hexdigest()
+        vol, done = _open_output(output, (rows, cols, cols), meta, key)
         extra = cfg.get("algorithm_kwargs")
-        kwargs = dict(OmegaConf.to_container(extra, resolve=True)) if extra else {}
+        kwargs = dict(_container(extra)) if extra else {}
         step = int(cfg.get("batch_size", 16))
-        volume = np.empty((rows, cols, cols), dtype=np.float32)
-        for z in tqdm(range(0, rows, step), desc=f"{algorithm} slices", unit="batch",
-                      disable=not cfg.get("progress", True)):
-            volume[z:z + step] = recon(
-                tomo[:, z:z + step], theta, center=center, algorithm=algorithm,
-                backend=cfg.get("backend", "torch"), num_iter=cfg.get("num_iter"),
-                filter_name=cfg.get("filter_name", "ramp"), chunk=step,
-                device=torch.device(resolve_device(str(cfg.get("device", "cpu")))), **kwargs)
-    meta = {"algorithm": algorithm, "input": str(cfg.input), "n_angles": n_angles,
-            "center": center if center is not None else cols / 2.0,
-            "ckpt_path": str(cfg.get("ckpt_path")) if algorithm == "learned" else None,
-            "units": "attenuation per voxel"}
-    write_tiff(cfg.output, volume, metadata=meta)
-    log.info("wrote %s %s", cfg.output, volume.shape)
+        state_path = _partial_paths(output)[1]
+        try:
+            with tqdm(total=rows, initial=done, desc=f"{algorithm}", unit="slice",
+                      disable=not cfg.get("progress", True)) as bar:
+                for z in range(done, rows, step):
+                    stop = min(z + step, rows)
+                    block = preprocess_rows(scan.rows(lo + z, lo + stop), scan, lo + z,
+                                            lo + stop, cfg)
+                    block = check_projections(block, theta)
+                    vol[z:stop] = recon(
+                        block, theta, center=centers[z:stop], algorithm=algorithm,
+                        backend=cfg.get("backend", "torch"), num_iter=cfg.get("num_iter"),
+                        filter_name=cfg.get("filter_name", "ramp"), chunk=step,
+                        device=_device(str(cfg.get("device", "cpu"))), **kwargs)
+                    vol.flush()
+                    write_json(state_path, {"key": key, "done": stop})
+                    bar.update(stop - z)
+        finally:
+            vol.close()
+    volume = _finish_output(output)
+    _write_preview(output, volume)
+    log.info("wrote %s %s", output, volume.shape)
     return volume
 
 

@@ -1,28 +1,40 @@
-"""Benchmark: our torch operator vs ASTRA 2D CPU, same run, same phantom and geometry.
+"""Benchmark: whole-call reconstruction time, ours vs ASTRA's CPU algorithms, in the same run.
 
-For each geometry (slice size and number of angles over [0, pi)): a batch of Shepp-Logan slices. Times forward
-projection, adjoint, FBP (ramp) and SIRT (50 iterations) per slice (median of ``--repeat``
-runs), the ratio ASTRA / ours (> 1: ours faster) and the quality (PSNR vs the phantom, data range
-of the phantom). Our one-off cost of building the sparse weights is reported separately.
+For each case (columns x angles over [0, pi) x slices, algorithm) a fresh child process projects
+a stack of Shepp-Logan slices (not timed), then times the *whole call* a user makes --
+``recon(tomo, theta, algorithm=...)`` for ours (operator set-up included) and the same call with
+``backend="astra"`` (ASTRA 2D CPU, geometry creation included) -- and reports the median of
+``--repeat`` calls, the first call, the ratio ours / ASTRA (<= 1: ours as fast or faster), the
+peak resident memory of the process (``ru_maxrss``, imports and data included) and the PSNR
+against the phantom (data range of the phantom). Iterative algorithms are reported per
+iteration as well. Cases alternate ours / ASTRA so that both see the same machine load.
 
-    python benchmarks/recon_operators.py [--geometries 256:180 512:360] [--slices 64] [--sirt-slices 8] [--repeat 3]
+    PYTHONPATH=. python benchmarks/recon_operators.py [--cases 1024:360:8:fbp ...] [--repeat 3]
+        [--threads N]
+
+``--small`` instead times one projection + backprojection of a batch of 8 at the learned nets'
+sizes, stored CSR weights (``cache=True``) against matrix-free (``cache=False``): the measurement
+behind the operator's ``CACHE_MAX_ENTRIES``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
 
-import numpy as np
-import torch
-
-from src.recon import ParallelBeamProjector, fbp, sirt
-from src.recon.backends import astra_available, astra_backproject, astra_project, astra_recon
+DEFAULT_CASES = [
+    "256:360:8:fbp", "512:720:8:fbp", "1024:360:8:fbp", "1024:1500:2:fbp", "2048:1500:2:fbp",
+    "256:360:8:sirt:20", "512:360:4:sirt:10", "1024:360:2:sirt:5", "512:360:4:cgls:10",
+]
 
 
-def _phantoms(n: int, count: int) -> np.ndarray:
+def _phantoms(n: int, count: int):
+    import numpy as np
     from skimage.data import shepp_logan_phantom
     from skimage.transform import resize
 
@@ -30,79 +42,127 @@ def _phantoms(n: int, count: int) -> np.ndarray:
     return np.stack([np.roll(base, k % 7 - 3, axis=k % 2) for k in range(count)])
 
 
-def _time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
+def _child(spec: dict) -> dict:
+    """Run one case (ours or ASTRA) in this process and return its figures."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(int(spec["threads"]))
+    from src.recon import project, recon
+
+    n, n_angles, slices = spec["n"], spec["angles"], spec["slices"]
+    theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+    ph = _phantoms(n, slices)
+    tomo = project(ph, theta, pad=False)  # (angles, slices, n), ours; not timed
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    times, rec = [], None
+    for _ in range(spec["repeat"]):
         t0 = time.perf_counter()
-        out = fn()
+        rec = recon(tomo, theta, algorithm=spec["algorithm"], backend=spec["backend"],
+                    num_iter=spec["num_iter"])
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    yy, xx = np.mgrid[:n, :n] + 0.5 - n / 2
+    inside = xx**2 + yy**2 <= (n / 2) ** 2
+    err = np.mean((rec[:, inside] - ph[:, inside]) ** 2)
+    psnr = float(10 * np.log10(np.ptp(ph) ** 2 / err))
+    return {"median": statistics.median(times), "first": times[0], "peak_gib": peak,
+            "base_gib": base_rss, "psnr": psnr, "threads": torch.get_num_threads()}
 
 
-def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
-    return float(10 * np.log10(np.ptp(ref) ** 2 / np.mean((x - ref) ** 2)))
+def _small(repeat: int) -> None:
+    import numpy as np
+    import torch
+
+    from src.recon import ParallelBeamProjector
+
+    print(f"operator pair (forward + adjoint), batch 8, {torch.get_num_threads()} threads, "
+          f"median of {repeat}")
+    print(f"{'size x angles':>14} {'stored ms':>10} {'matrix-free ms':>15} {'ratio':>6} "
+          f"{'build ms':>9}")
+    for n, n_angles in ((64, 30), (128, 60), (128, 120), (256, 180)):
+        theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+        x = torch.rand(8, n, n)
+        row = []
+        build = 0.0
+        for cache in (True, False):
+            op = ParallelBeamProjector((n, n), theta, cache=cache)
+            t0 = time.perf_counter()
+            op.adjoint(op(x))  # first call: compiles / builds
+            build = time.perf_counter() - t0 if cache else build
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                op.adjoint(op(x))
+                times.append(time.perf_counter() - t0)
+            row.append(1e3 * statistics.median(times))
+        print(f"{f'{n}^2 x {n_angles}':>14} {row[0]:10.1f} {row[1]:15.1f} "
+              f"{row[0] / row[1]:6.2f} {1e3 * build:9.0f}", flush=True)
 
 
-def _bench_size(n: int, args: argparse.Namespace, theta: np.ndarray, has_astra: bool) -> None:
-    """Print the table rows for ``n x n`` slices at the angles ``theta``."""
-    ph = _phantoms(n, args.slices)
-    op = ParallelBeamProjector((n, n), theta)
-    t0 = time.perf_counter()
-    list(op._blocks(torch.float32, torch.device("cpu")))  # build + cache the weights
-    setup = time.perf_counter() - t0
-    x = torch.from_numpy(ph)
-    b = args.slices
-    t_fwd, sino_t = _time(lambda: op(x), args.repeat)
-    sino = sino_t.numpy()  # type: ignore[union-attr]
-    t_adj, _ = _time(lambda: op.adjoint(sino_t), args.repeat)  # type: ignore[arg-type]
-    t_fbp, rec = _time(lambda: fbp(sino_t, op), args.repeat)  # type: ignore[arg-type]
-    s = args.sirt_slices
-    t_sirt, rec_s = _time(lambda: sirt(sino_t[:s], op, 50), 1)  # type: ignore[index]
-    q_fbp = _psnr(rec.numpy(), ph)  # type: ignore[union-attr]
-    q_sirt = _psnr(rec_s.numpy(), ph[:s])  # type: ignore[union-attr]
-    rows = [("forward", b, t_fwd, None, None), ("adjoint", b, t_adj, None, None),
-            ("FBP", b, t_fbp, q_fbp, None), ("SIRT50", s, t_sirt, q_sirt, None)]
-    if has_astra:
-        tomo = sino.transpose(1, 0, 2)
-        a_fwd, _ = _time(lambda: astra_project(ph, theta, n), args.repeat)
-        a_adj, _ = _time(lambda: astra_backproject(sino, theta, (n, n)), args.repeat)
-        a_fbp, a_rec = _time(lambda: astra_recon(tomo, theta), args.repeat)
-        a_sirt, a_rec_s = _time(
-            lambda: astra_recon(tomo[:, :s], theta, algorithm="sirt", num_iter=50), 1)
-        astra_t = [a_fwd, a_adj, a_fbp, a_sirt]
-        astra_q = [None, None, _psnr(a_rec, ph), _psnr(a_rec_s, ph[:s])]  # type: ignore[arg-type]
-    else:
-        astra_t, astra_q = [None] * 4, [None] * 4
-    for (name, count, t, q, _), ta, qa in zip(rows, astra_t, astra_q, strict=True):
-        ours_ms = 1e3 * t / count
-        astra_ms = f"{1e3 * ta / count:12.2f}" if ta is not None else f"{'-':>12}"
-        ratio = f"{ta / t:6.2f}" if ta is not None else f"{'-':>6}"
-        qo = f"{q:10.2f}" if q is not None else f"{'':>10}"
-        qa_s = f"{qa:11.2f}" if qa is not None else f"{'':>11}"
-        print(f"{n:>4}/{len(theta):<4} {name:>8} {count:>6} {ours_ms:11.2f} {astra_ms} {ratio} {qo} {qa_s}")
-    print(f"{n:>4}/{len(theta):<4} {'setup':>8} {'-':>6} {1e3 * setup:11.0f}   (ours: sparse weights, "
-          f"{op.cache_bytes() / 2**20:.0f} MiB cached, once per geometry)")
-
+def _run(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"case {spec} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--geometries", nargs="+", default=["256:180", "512:360"],
-                        help="SIZE:ANGLES pairs, e.g. 256:180 512:360")
-    parser.add_argument("--slices", type=int, default=64)
-    parser.add_argument("--sirt-slices", type=int, default=8, help="slices timed for SIRT")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
+                        help="COLUMNS:ANGLES:SLICES:ALGORITHM[:ITERATIONS] (fbp, sirt, cgls)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for ours (0: default)")
+    parser.add_argument("--no-astra", action="store_true")
+    parser.add_argument("--small", action="store_true",
+                        help="stored vs matrix-free operator at the learned nets' sizes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    has_astra = astra_available()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-          f"ASTRA {'2D CPU' if has_astra else 'not installed'}")
-    header = (f"{'size/angles':>9} {'op':>8} {'slices':>6} {'ours ms/sl':>11} {'astra ms/sl':>12} "
-              f"{'ratio':>6} {'PSNR ours':>10} {'PSNR astra':>11}")
+    if args.small:
+        _small(max(args.repeat, 5))
+        return
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+    import torch
+
+    from src.recon.backends import astra_available
+    from src.recon.operators import numba_available
+
+    has_astra = astra_available() and not args.no_astra
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__} "
+          f"({args.threads or torch.get_num_threads()} threads), kernel "
+          f"{'numba' if numba_available() else 'torch'}; ASTRA "
+          f"{'2D CPU (one thread)' if has_astra else 'not run'}; {time.strftime('%Y-%m-%d')}")
+    header = (f"{'cols x angles x slices':>22} {'algo':>8} {'ours s':>8} {'astra s':>8} "
+              f"{'ratio':>6} {'ours/it':>8} {'astra/it':>8} {'ours 1st':>8} {'RSS ours':>8} "
+              f"{'RSS astra':>9} {'PSNR ours':>9} {'PSNR astra':>10}")
     print(header)
     print("-" * len(header))
-    for geometry in args.geometries:
-        n, n_angles = (int(v) for v in geometry.split(":"))
-        _bench_size(n, args, np.linspace(0, np.pi, n_angles, endpoint=False), has_astra)
+    for case in args.cases:
+        parts = case.split(":")
+        n, n_angles, slices = (int(v) for v in parts[:3])
+        algorithm = parts[3] if len(parts) > 3 else "fbp"
+        n_iter = int(parts[4]) if len(parts) > 4 else (None if algorithm == "fbp" else 10)
+        spec = {"n": n, "angles": n_angles, "slices": slices, "algorithm": algorithm,
+                "num_iter": n_iter, "repeat": args.repeat, "threads": args.threads}
+        ours = _run({**spec, "backend": "torch"})
+        astra = _run({**spec, "backend": "astra", "repeat": 1 if n >= 2048 else args.repeat,
+                      "threads": 0}) if has_astra else None
+        it = n_iter or 1
+        a_t = f"{astra['median']:8.2f}" if astra else f"{'-':>8}"
+        ratio = f"{ours['median'] / astra['median']:6.2f}" if astra else f"{'-':>6}"
+        a_it = f"{astra['median'] / it:8.3f}" if astra and n_iter else f"{'':>8}"
+        o_it = f"{ours['median'] / it:8.3f}" if n_iter else f"{'':>8}"
+        a_rss = f"{astra['peak_gib']:8.2f}G" if astra else f"{'-':>9}"
+        a_q = f"{astra['psnr']:10.2f}" if astra else f"{'-':>10}"
+        print(f"{f'{n} x {n_angles} x {slices}':>22} {algorithm + (str(n_iter) if n_iter else ''):>8} "
+              f"{ours['median']:8.2f} {a_t} {ratio} {o_it} {a_it} {ours['first']:8.2f} "
+              f"{ours['peak_gib']:7.2f}G {a_rss} {ours['psnr']:9.2f} {a_q}", flush=True)
 
 
 if __name__ == "__main__":

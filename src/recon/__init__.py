@@ -13,8 +13,21 @@ from src.recon.fbp import (
     recon,
 )
 from src.recon.iterative import cgls, operator_norm, sirt, tv_pdhg
-from src.recon.operators import ParallelBeamProjector, backproject, project, tomopy_detector_width
-from src.recon.preprocessing import minus_log, normalize, remove_stripe_sorting, retrieve_phase
+from src.recon.operators import (
+    ParallelBeamProjector,
+    backproject,
+    numba_available,
+    project,
+    tomopy_detector_width,
+)
+from src.recon.preprocessing import (
+    minus_log,
+    normalize,
+    remove_outliers,
+    remove_stripe_fw,
+    remove_stripe_sorting,
+    retrieve_phase,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -32,9 +45,12 @@ __all__ = [
     "find_center_vo",
     "minus_log",
     "normalize",
+    "numba_available",
     "operator_norm",
     "project",
     "recon",
+    "remove_outliers",
+    "remove_stripe_fw",
     "remove_stripe_sorting",
     "retrieve_phase",
     "sirt",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.recon.operators import CACHE_LIMIT_BYTES, ParallelBeamProjector
+from src.recon.operators import ParallelBeamProjector
 
 __all__ = ["ALGORITHMS", "BACKENDS", "FILTERS", "check_projections", "fbp", "filter_response", "filter_sinogram", "recon"]
 
@@ -185,7 +185,6 @@ def recon(
         for c in np.unique(centers):
             idx = np.flatnonzero(centers == c)
             op = ParallelBeamProjector((cols, cols), theta, n_det=cols, center=float(c))
-            op.cache = op.cache_bytes() <= CACHE_LIMIT_BYTES
             for z in range(0, idx.size, chunk):
                 sel = idx[z:z + chunk]
                 sino = np.ascontiguousarray(tomo[:, sel].transpose(1, 0, 2), dtype=np.float32)

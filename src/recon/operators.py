@@ -1,38 +1,234 @@
-"""Parallel-beam projection operators (the one forward model of the project).
+"""Parallel-beam projection operators (the one forward model of the project), matrix-free.
 
 Geometry follows tomopy:
 
 * images are ``(H, W)`` slices of a volume ``(rows, H, W)``; pixel ``(i, j)`` has its centre at
   ``x = j + 0.5 - W/2``, ``y = i + 0.5 - H/2`` (pixel units, ``y`` pointing down the rows);
 * projections are ``(angles, rows, n_det)`` in tomopy order, sinograms ``(B, angles, n_det)``;
-* detector bin ``d`` covers ``t in [d - center, d + 1 - center]`` where ``center`` is the
-  detector column of the rotation axis (default ``n_det / 2``), and a ray at angle ``theta``
-  (radians) collects the points with ``t = x cos(theta) - y sin(theta)``.
+* detector bin ``d`` covers ``t in [d - center, d + 1 - center]`` (its centre at
+  ``d + 0.5 - center``) where ``center`` is the detector column of the rotation axis (default
+  ``n_det / 2``), and a ray at angle ``theta`` (radians) collects the points with
+  ``t = x cos(theta) - y sin(theta)``.
 
-The discretisation is *distance-driven* (De Man & Basu): the system-matrix weight between a
-detector bin and a pixel is the overlap length, along the stepping axis, of the bin's footprint
-with the pixel. Line integrals are in pixel units: the projection of a uniform disk of radius
-``r`` at the centre is ``~ 2 sqrt(r^2 - t^2)``. The adjoint is the exact transpose (same sparse
-weights), so the pair passes the dot-product test to rounding error.
+The discretisation is *pixel-driven with linear interpolation*: pixel ``(i, j)`` at angle
+``theta`` falls at the continuous bin index ``u = t + center - 0.5`` and is tied to bins
+``floor(u)`` and ``floor(u) + 1`` with weights ``1 - frac(u)`` and ``frac(u)``. The adjoint
+(backprojection) interpolates the sinogram linearly at ``u`` -- the classic FBP backprojector --
+and the forward projector is its exact transpose (each pixel splats its value onto the two bins
+with the same weights), so the pair passes the dot-product test to rounding error. The weights
+of a pixel sum to one, so line integrals are in pixel units: the projection of a uniform disk of
+radius ``r`` at the centre is ``~ 2 sqrt(r^2 - t^2)``.
+
+Nothing is stored for real sizes: the weights are recomputed on the fly, so memory is the batch's
+images and sinograms (plus, for the torch kernel, one angle chunk of sampling grid). Only small
+geometries on CPU (at most :data:`CACHE_MAX_ENTRIES` weights, e.g. the learned nets' 64^2-128^2
+slices) keep the same weights as CSR matrices, where that is measured faster. Two kernels compute
+the same operator:
+
+* ``"numba"`` (CPU, default when numba imports): compiled loops, parallel over slices x rows
+  (backprojection) and slices x angles (projection), so no two threads write the same value;
+* ``"torch"`` (any device, e.g. CUDA): ``grid_sample`` (linear interpolation along the detector)
+  for the backprojection and its exact gradient ``grid_sampler_2d_backward`` for the projection,
+  chunked over angles.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator, Sequence
+import os
+import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ParallelBeamProjector", "backproject", "project", "tomopy_detector_width"]
+__all__ = ["CACHE_MAX_ENTRIES", "KERNELS", "ParallelBeamProjector", "backproject", "numba_available", "project",
+           "tomopy_detector_width"]
 
-# Above this many bytes of sparse weights the tomopy-like helpers rebuild them per chunk.
-CACHE_LIMIT_BYTES = 4 * 2**30
+KERNELS = ("auto", "numba", "torch")
 
-# Candidate entries (angles * n_det * steps * 3) built at once; bounds the build memory.
-_BUILD_CANDIDATES = 1_500_000
+# torch kernel: elements (angles x slices x pixels) of one angle chunk's sampled values.
+_CHUNK_ELEMENTS = 16 * 2**20
+
+# cache=None (auto): store the weights as CSR matrices on CPU up to this many non-zeros of A
+# (2 per angle and pixel; ~65 MB for A and A^T in float32). Measured with benchmarks/
+# recon_operators.py --small (batch 8, one thread, as the learned nets train): a forward +
+# adjoint pair takes 0.06x (64^2 x 30), 0.26x (128^2 x 60) and 0.31x (128^2 x 120) of the
+# matrix-free time with the stored matrices, after a build of 0.3-5 s; worth it only for the
+# thousands of calls of a training run, so only the learned nets ask for it (make_projector).
+CACHE_MAX_ENTRIES = 4 * 2**20
+
+try:  # the compiled CPU kernels (numba comes with the main dependencies)
+    import numba
+
+    # numba's own thread pool: its OpenMP layer would share GNU OpenMP's pool with torch, and
+    # after a fork torch's next parallel op in the child would hang (calls are serialised below,
+    # since this layer is not thread-safe). NUMBA_THREADING_LAYER in the environment wins.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+
+    @numba.njit(inline="always")
+    def _nb_interior(base, c, width, n_t):  # pragma: no cover - jit
+        """``[lo, hi)`` of the columns ``j`` whose ``u = base + j c`` lies in ``[0, n_t - 1)``
+        (both neighbours on the detector), checked at its ends (``u`` is monotone in ``j``)."""
+        if abs(c) < 1e-9:
+            lo, hi = 0, width
+        else:
+            j1 = (0.0 - base) / c
+            j2 = (n_t - 1.0 - base) / c
+            lo = max(0, int(math.ceil(min(j1, j2))) + 1)
+            hi = min(width, int(math.floor(max(j1, j2))) - 1)
+        while hi > lo:
+            u_lo, u_hi = base + lo * c, base + (hi - 1) * c
+            if min(u_lo, u_hi) >= 0.0 and max(u_lo, u_hi) < n_t - 1.0:
+                return lo, hi
+            if abs(c) < 1e-9:
+                return 0, 0
+            lo += 1
+            hi -= 1
+        return 0, 0
+
+    @numba.njit(inline="always")
+    def _nb_weight(v, inv_w):  # pragma: no cover - jit
+        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint whose left edge
+        is ``v`` (cell coordinates) and whose width is ``1 / inv_w`` (<= 1)."""
+        fk = math.floor(v)
+        wr = 1.0 + (v - fk - 1.0) * inv_w
+        return int(fk), (wr if wr > 0.0 else 0.0)
+
+    @numba.njit(inline="always")
+    def _nb_weight(v, inv_w):  # pragma: no cover - jit
+        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint whose left edge
+        is ``v`` (cell coordinates) and whose width is ``1 / inv_w`` (<= 1)."""
+        fk = math.floor(v)
+        wr = 1.0 + (v - fk - 1.0) * inv_w
+        return int(fk), (wr if wr > 0.0 else 0.0)
+
+    @numba.njit(inline="always")
+    def _nb_bp_edge(row, sa, j, v, inv_w, n_t, n_b):  # pragma: no cover - jit
+        """Backprojection of column ``j`` when a bin may be off the detector."""
+        k, wr = _nb_weight(v, inv_w)
+        if 0 <= k < n_t:
+            for b in range(n_b):
+                row[j, b] += (1.0 - wr) * sa[k, b]
+        if 0 <= k + 1 < n_t:
+            for b in range(n_b):
+                row[j, b] += wr * sa[k + 1, b]
+
+    @numba.njit(inline="always")
+    def _nb_fp_edge(oa, irow, j, v, inv_w, n_t, n_b):  # pragma: no cover - jit
+        """Projection of column ``j`` when a bin may be off the detector."""
+        k, wr = _nb_weight(v, inv_w)
+        if 0 <= k < n_t:
+            for b in range(n_b):
+                oa[k, b] += (1.0 - wr) * irow[j, b]
+        if 0 <= k + 1 < n_t:
+            for b in range(n_b):
+                oa[k + 1, b] += wr * irow[j, b]
+
+    # Layouts with the slice batch last: sinograms (A, T, B), images (H, W, B). The weights
+    # depend on (angle, pixel) only, so they are computed once and used for the B slices.
+
+    @numba.njit(inline="always")
+    def _nb_bp_row(row, sa, base, c, inv_w, width, n_t, n_b):  # pragma: no cover - jit
+        """Add the backprojection of one angle's detector row ``sa`` (T, B) to ``row`` (W, B)."""
+        lo, hi = _nb_interior(base, c, width, n_t)
+        for j in range(lo, hi):  # both bins on the detector, v >= 0: int() is floor()
+            v = base + j * c
+            k = int(v)
+            wr = 1.0 + (v - k - 1.0) * inv_w
+            if wr < 0.0:
+                wr = 0.0
+            if n_b == 1:
+                row[j, 0] += sa[k, 0] + wr * (sa[k + 1, 0] - sa[k, 0])
+            else:
+                wl = 1.0 - wr
+                for b in range(n_b):
+                    row[j, b] += wl * sa[k, b] + wr * sa[k + 1, b]
+        for j in range(0, lo if hi > lo else width):  # a bin may be off the detector
+            _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+        for j in range(hi if hi > lo else width, width):
+            _nb_bp_edge(row, sa, j, base + j * c, inv_w, n_t, n_b)
+
+    @numba.njit(inline="always")
+    def _nb_fp_row(oa, irow, base, c, inv_w, width, n_t, n_b):  # pragma: no cover - jit
+        """Add the projection of one image row ``irow`` (W, B) to one angle's ``oa`` (T, B)."""
+        lo, hi = _nb_interior(base, c, width, n_t)
+        for j in range(lo, hi):
+            v = base + j * c
+            k = int(v)
+            wr = 1.0 + (v - k - 1.0) * inv_w
+            if wr < 0.0:
+                wr = 0.0
+            if n_b == 1:
+                val = irow[j, 0]
+                oa[k, 0] += val - wr * val
+                oa[k + 1, 0] += wr * val
+            else:
+                wl = 1.0 - wr
+                for b in range(n_b):
+                    val = irow[j, b]
+                    oa[k, b] += wl * val
+                    oa[k + 1, b] += wr * val
+        for j in range(0, lo if hi > lo else width):
+            _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+        for j in range(hi if hi > lo else width, width):
+            _nb_fp_edge(oa, irow, j, base + j * c, inv_w, n_t, n_b)
+
+    # Tiling: a thread takes a block of image rows (backprojection) or of angles (projection)
+    # so that a detector row / image row is reused from cache for the whole block.
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_backproject(sino, cos, sin, center, height, width, out, rows_per_block):  # pragma: no cover - jit
+        n_a, n_t, n_b = sino.shape
+        x0 = 0.5 - width / 2.0
+        n_blocks = (height + rows_per_block - 1) // rows_per_block
+        for blk in numba.prange(n_blocks):
+            i0 = blk * rows_per_block
+            i1 = min(height, i0 + rows_per_block)
+            for a in range(n_a):
+                c = cos[a]
+                s = sin[a]
+                fw = max(abs(c), abs(s))
+                inv_w = 1.0 / fw
+                sa = sino[a]  # (T, B)
+                for i in range(i0, i1):
+                    # the footprint's left edge (cell coordinates) at column j = 0
+                    base = center - (i + 0.5 - height / 2.0) * s + x0 * c - 0.5 * fw
+                    _nb_bp_row(out[i], sa, base, c, inv_w, width, n_t, n_b)
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_project(img, cos, sin, center, out, angles_per_block):  # pragma: no cover - jit
+        height, width, n_b = img.shape
+        n_a, n_t, _ = out.shape
+        x0 = 0.5 - width / 2.0
+        n_blocks = (n_a + angles_per_block - 1) // angles_per_block
+        for blk in numba.prange(n_blocks):
+            a0 = blk * angles_per_block
+            a1 = min(n_a, a0 + angles_per_block)
+            for i in range(height):
+                irow = img[i]  # (W, B)
+                y = i + 0.5 - height / 2.0
+                for a in range(a0, a1):
+                    c = cos[a]
+                    s = sin[a]
+                    fw = max(abs(c), abs(s))
+                    base = center - y * s + x0 * c - 0.5 * fw
+                    _nb_fp_row(out[a], irow, base, c, 1.0 / fw, width, n_t, n_b)
+
+    _HAS_NUMBA = True
+except ImportError:  # pragma: no cover - numba is a dependency; the torch kernel still works
+    _HAS_NUMBA = False
+
+
+# Calls into numba's parallel kernels are serialised: its workqueue layer is not thread-safe.
+_NUMBA_LOCK = threading.Lock()
+
+
+def numba_available() -> bool:
+    """Whether the compiled CPU kernels can be used."""
+    return _HAS_NUMBA
 
 
 def tomopy_detector_width(height: int, width: int) -> int:
@@ -40,79 +236,12 @@ def tomopy_detector_width(height: int, width: int) -> int:
     return int(math.ceil((math.sqrt(height * height + width * width) + 2.0) / 2.0) * 2)
 
 
-def _overlaps(
-    e_lo: Tensor, e_hi: Tensor, n_cells: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Overlap of intervals ``[e_lo, e_hi]`` (length <= sqrt 2) with unit cells ``[k, k+1]``.
-
-    Returns ``(cell, weight, valid)`` with a trailing axis of 3 candidate cells per interval.
-    """
-    first = torch.floor(e_lo)
-    cell = first.unsqueeze(-1) + torch.arange(3, dtype=e_lo.dtype, device=e_lo.device)
-    lo = torch.maximum(e_lo.unsqueeze(-1), cell)
-    hi = torch.minimum(e_hi.unsqueeze(-1), cell + 1.0)
-    weight = hi - lo
-    valid = (weight > 1e-12) & (cell >= 0) & (cell < n_cells)
-    return cell.long(), weight, valid
-
-
-def _build_block(
-    theta: Tensor, height: int, width: int, n_det: int, center: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """COO triplets ``(ray, pixel, weight)`` of the system matrix for a few angles (float64).
-
-    Rays are numbered ``a * n_det + d`` (local angle index ``a``), pixels ``i * W + j``.
-    """
-    dev = theta.device
-    f64 = torch.float64
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    det = torch.arange(n_det, dtype=f64, device=dev) - center  # lower bin edge in t
-    rays, pixels, weights = [], [], []
-    row_step = cos.abs() >= sin.abs()
-    for step_rows in (True, False):
-        sel = torch.nonzero(row_step == step_rows).flatten()
-        if sel.numel() == 0:
-            continue
-        c, s = cos[sel].view(-1, 1, 1), sin[sel].view(-1, 1, 1)
-        t_lo, t_hi = det.view(1, -1, 1), det.view(1, -1, 1) + 1.0
-        if step_rows:  # walk rows i, footprint along x (columns)
-            y = (torch.arange(height, dtype=f64, device=dev) + 0.5 - height / 2).view(1, 1, -1)
-            ea, eb = (t_lo + y * s) / c + width / 2, (t_hi + y * s) / c + width / 2
-            n_cells, n_steps = width, height
-        else:  # walk columns j, footprint along y (rows)
-            x = (torch.arange(width, dtype=f64, device=dev) + 0.5 - width / 2).view(1, 1, -1)
-            ea, eb = (x * c - t_lo) / s + height / 2, (x * c - t_hi) / s + height / 2
-            n_cells, n_steps = height, width
-        cell, w, valid = _overlaps(torch.minimum(ea, eb), torch.maximum(ea, eb), n_cells)
-        keep = torch.nonzero(valid.flatten()).squeeze(1)  # flat (angle, det, step, cand)
-        cell, w = cell.flatten()[keep], w.flatten()[keep]
-        step = torch.div(keep, 3, rounding_mode="floor")
-        ray_local = torch.div(step, n_steps, rounding_mode="floor")  # angle_in_sel * n_det + det
-        step = step - ray_local * n_steps
-        det_idx = ray_local % n_det
-        ray = sel[torch.div(ray_local, n_det, rounding_mode="floor")] * n_det + det_idx
-        rays.append(ray)
-        pixels.append(step * width + cell if step_rows else cell * width + step)
-        weights.append(w)
-    return torch.cat(rays), torch.cat(pixels), torch.cat(weights)
-
-
-def _csr(row: Tensor, col: Tensor, val: Tensor, n_rows: int, n_cols: int) -> Tensor:
-    """CSR matrix from duplicate-free COO triplets (sorted here by row, then column)."""
-    key = row * n_cols + col
-    if key.device.type == "cpu":  # numpy's SIMD argsort is several times faster on CPU
-        order = torch.from_numpy(np.argsort(key.numpy()))
-    else:
-        order = torch.argsort(key)
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=row.device)
-    torch.cumsum(torch.bincount(row, minlength=n_rows), 0, out=crow[1:])
-    col = col[order]
-    if max(n_rows, n_cols, row.numel()) < 2**31 - 1:  # int32 indices: less memory, faster
-        crow, col = crow.int(), col.int()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, val[order], (n_rows, n_cols),
-                                       check_invariants=False)
+def _int32_csr(m: Tensor) -> Tensor:
+    """The CSR matrix ``m`` with int32 indices (less memory, faster products)."""
+    if max(m.shape[0], m.shape[1], m.values().numel()) >= 2**31 - 1:
+        return m
+    return torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(),
+                                   m.shape, check_invariants=False)
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -126,7 +255,7 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image: Tensor, op: ParallelBeamProjector) -> Tensor:  # type: ignore[override]
         ctx.op = op
-        with torch.autocast(image.device.type, enabled=False):  # autocast would cast addmm to half
+        with torch.autocast(image.device.type, enabled=False):
             return op._apply_forward(image)
 
     @staticmethod
@@ -151,15 +280,18 @@ class _Backproject(torch.autograd.Function):
 class ParallelBeamProjector(torch.nn.Module):
     """Matched parallel-beam forward projector ``A`` and adjoint ``A^T`` for batches of slices.
 
+    Matrix-free (see the module docstring): memory is ``O(batch x (image + sinogram))``.
+
     Args:
         image_shape: ``(H, W)`` of one slice, pixels.
         theta: projection angles, radians, shape ``(A,)``.
         n_det: detector columns (default ``W``).
         center: detector column of the rotation axis (default ``n_det / 2``, tomopy's).
-        cache: keep the sparse weights per ``(dtype, device)`` (A and A^T in CSR, about
-            ``2 x 8 bytes x 2.3 A n_det max(H, W)`` in float32, e.g. 190 MB for 192^2 pixels and
-            181 angles); ``False`` rebuilds them chunk by chunk on every call (slower, memory
-            bounded by one chunk, for large geometries).
+        kernel: ``"auto"`` (numba on CPU when available, else torch), ``"numba"`` or ``"torch"``.
+        cache: store the same weights as sparse CSR matrices ``A`` and ``A^T`` (built on first
+            use, per dtype and device): ``False`` (default) never, ``None`` on CPU for small
+            geometries only (:data:`CACHE_MAX_ENTRIES`, where it is measured faster once built:
+            for many calls, e.g. training a learned net), ``True`` always.
 
     ``forward(image (B, H, W)) -> (B, A, n_det)`` and ``adjoint(sino (B, A, n_det)) -> (B, H, W)``
     follow the input's dtype and device and are differentiable.
@@ -171,9 +303,12 @@ class ParallelBeamProjector(torch.nn.Module):
         theta: Sequence[float] | np.ndarray | Tensor,
         n_det: int | None = None,
         center: float | None = None,
-        cache: bool = True,
+        kernel: str = "auto",
+        cache: bool | None = False,
     ) -> None:
         super().__init__()
+        self.cache = cache
+        self._mats: dict[tuple[torch.dtype, str], tuple[Tensor, Tensor]] = {}
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
         if isinstance(theta, Tensor):
             th = theta.detach().cpu().double().flatten()
@@ -181,11 +316,16 @@ class ParallelBeamProjector(torch.nn.Module):
             th = torch.from_numpy(np.asarray(theta, dtype=np.float64).ravel().copy())
         if th.numel() == 0:
             raise ValueError("theta must contain at least one angle")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
+        if kernel == "numba" and not _HAS_NUMBA:
+            raise ImportError("kernel='numba' needs numba (pip install numba)")
         self.theta: Tensor = th
         self.n_det = int(n_det) if n_det is not None else self.image_shape[1]
         self.center = float(center) if center is not None else self.n_det / 2.0
-        self.cache = cache
-        self._mats: dict[tuple[torch.dtype, str], list[tuple[slice, Tensor, Tensor]]] = {}
+        self.kernel = kernel
+        self._cos = np.cos(th.numpy())
+        self._sin = np.sin(th.numpy())
 
     @property
     def n_angles(self) -> int:
@@ -199,50 +339,149 @@ class ParallelBeamProjector(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, n_angles={self.n_angles}, "
-                f"n_det={self.n_det}, center={self.center}")
+                f"n_det={self.n_det}, center={self.center}, kernel={self.kernel}, "
+                f"cache={self.cache}")
 
-    # ---------------------------------------------------------------- sparse weights
-    def _angle_chunks(self) -> list[slice]:
+    def kernel_for(self, device: torch.device | str) -> str:
+        """The kernel used for tensors on ``device``."""
+        if self.kernel != "auto":
+            return self.kernel
+        return "numba" if numba_available() and torch.device(device).type == "cpu" else "torch"
+
+    # ---------------------------------------------------------------- torch kernel
+    def _weights(self, a0: int, a1: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For angles ``a0:a1`` and every pixel: the first bin ``(a, H, W)`` (float64) and the
+        weight of the next bin (the first gets one minus it)."""
         h, w = self.image_shape
-        per_angle = self.n_det * max(h, w) * 3
-        step = max(1, _BUILD_CANDIDATES // per_angle)
-        return [slice(a, min(a + step, self.n_angles)) for a in range(0, self.n_angles, step)]
+        f64 = torch.float64
+        c = torch.from_numpy(self._cos[a0:a1]).to(device)
+        s = torch.from_numpy(self._sin[a0:a1]).to(device)
+        x = torch.arange(w, dtype=f64, device=device) + 0.5 - w / 2
+        y = torch.arange(h, dtype=f64, device=device) + 0.5 - h / 2
+        fw = torch.maximum(c.abs(), s.abs())  # footprint width on the detector (<= 1 bin)
+        left = (x[None, :] * c[:, None] + (self.center - 0.5 * fw)[:, None])[:, None, :] \
+            - (y[None, :] * s[:, None])[:, :, None]  # (a, H, W): left edge, cell coordinates
+        cell = torch.floor(left)
+        right = (1.0 + (left - cell - 1.0) / fw[:, None, None]).clamp_(min=0.0)
+        return cell, right
 
-    def _block(self, sl: slice, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """CSR matrices ``(A_k, A_k^T)`` for the angles in ``sl``."""
+    def _grid(self, a0: int, a1: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``grid_sample`` grid ``(a1 - a0, 1, H W, 2)``: normalised bin position of each pixel."""
         h, w = self.image_shape
-        n_rays = (sl.stop - sl.start) * self.n_det
-        ray, pix, val = _build_block(self.theta[sl].to(device), h, w, self.n_det, self.center)
-        return (_csr(ray, pix, val.to(dtype), n_rays, h * w),
-                _csr(pix, ray, val.to(dtype), h * w, n_rays))
+        cell, right = self._weights(a0, a1, device)
+        # linear interpolation at cell + right puts 1 - right on `cell`, right on `cell + 1`;
+        # align_corners=False: normalised g samples index ((g + 1) T - 1) / 2
+        pos = (cell + right).mul_(2.0 / self.n_det).add_(1.0 / self.n_det - 1.0)
+        grid = torch.zeros(a1 - a0, 1, h * w, 2, dtype=dtype, device=device)
+        grid[:, 0, :, 0] = pos.reshape(a1 - a0, h * w)
+        return grid
 
-    def _blocks(
-        self, dtype: torch.dtype, device: torch.device
-    ) -> Iterator[tuple[slice, Tensor, Tensor]]:
-        """Yield ``(angle slice, A_k, A_k^T)``, from the cache when enabled."""
+    # ---------------------------------------------------------------- optional stored weights
+    def cache_entries(self) -> int:
+        """Non-zeros of the stored matrix ``A`` (two per angle and pixel)."""
+        return 2 * self.n_angles * self.image_shape[0] * self.image_shape[1]
+
+    def uses_cache(self, device: torch.device | str) -> bool:
+        """Whether the stored weights serve tensors on ``device`` (see ``cache``)."""
+        if self.cache is None:
+            return torch.device(device).type == "cpu" and self.cache_entries() <= CACHE_MAX_ENTRIES
+        return bool(self.cache)
+
+    def _matrices(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``A`` and ``A^T`` as CSR, built once per ``(dtype, device)`` from the same weights."""
         key = (dtype, str(device))
-        if key in self._mats:
-            yield from self._mats[key]
-            return
-        built = []
-        for sl in self._angle_chunks():
-            fwd, adj = self._block(sl, dtype, device)
-            if self.cache:
-                built.append((sl, fwd, adj))
-            yield sl, fwd, adj
-        if self.cache:
-            self._mats[key] = built
+        if key not in self._mats:
+            import warnings
 
-    def cache_bytes(self, dtype: torch.dtype = torch.float32) -> int:
-        """Estimated bytes of the cached weights (A and A^T in CSR) for ``dtype``."""
-        h, w = self.image_shape
-        nnz = 2.3 * self.n_angles * self.n_det * max(h, w)
-        item = torch.empty((), dtype=dtype).element_size()
-        return int(2 * nnz * (item + 4))
+            h, w = self.image_shape
+            cell, right = self._weights(0, self.n_angles, device)
+            a = torch.arange(self.n_angles, device=device).view(-1, 1, 1).expand_as(cell)
+            pix = torch.arange(h * w, device=device).view(1, h, w).expand_as(cell)
+            k = cell.long()
+            rows = torch.cat([(a * self.n_det + k).flatten(), (a * self.n_det + k + 1).flatten()])
+            cols = torch.cat([pix.flatten(), pix.flatten()])
+            vals = torch.cat([(1.0 - right).flatten(), right.flatten()])
+            keep = torch.cat([((k >= 0) & (k < self.n_det)).flatten(),
+                              ((k + 1 >= 0) & (k + 1 < self.n_det)).flatten()]) & (vals > 0)
+            rows, cols, vals = rows[keep], cols[keep], vals[keep].to(dtype)
+            shape = (self.n_angles * self.n_det, h * w)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                fwd = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce()
+                adj = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, shape[::-1]).coalesce()
+                self._mats[key] = tuple(_int32_csr(m.to_sparse_csr()) for m in (fwd, adj))
+        return self._mats[key]
 
     def clear_cache(self) -> None:
-        """Drop the cached sparse weights."""
+        """Drop the stored weights (they are rebuilt on the next call that uses them)."""
         self._mats.clear()
+
+    def _angle_step(self, batch: int) -> int:
+        h, w = self.image_shape
+        return max(1, min(self.n_angles, _CHUNK_ELEMENTS // max(1, batch * h * w)))
+
+    def _torch_adjoint(self, sino: Tensor) -> Tensor:
+        import torch.nn.functional as F
+
+        b = sino.shape[0]
+        h, w = self.image_shape
+        per_angle = sino.permute(1, 0, 2).unsqueeze(2)  # (A, B, 1, T)
+        out = torch.zeros(b, h * w, dtype=sino.dtype, device=sino.device)
+        step = self._angle_step(b)
+        for a0 in range(0, self.n_angles, step):
+            a1 = min(a0 + step, self.n_angles)
+            grid = self._grid(a0, a1, sino.dtype, sino.device)
+            val = F.grid_sample(per_angle[a0:a1], grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (a, B, 1, H W)
+            out += val.sum(0)[:, 0]
+        return out.reshape(b, h, w)
+
+    def _torch_forward(self, image: Tensor) -> Tensor:
+        b = image.shape[0]
+        h, w = self.image_shape
+        out = torch.empty(self.n_angles, b, 1, self.n_det, dtype=image.dtype, device=image.device)
+        flat = image.reshape(1, b, 1, h * w)
+        step = self._angle_step(b)
+        for a0 in range(0, self.n_angles, step):
+            a1 = min(a0 + step, self.n_angles)
+            grid = self._grid(a0, a1, image.dtype, image.device)
+            grad_out = flat.expand(a1 - a0, b, 1, h * w).contiguous()
+            out[a0:a1] = torch.ops.aten.grid_sampler_2d_backward(
+                grad_out, out[a0:a1], grid, 0, 0, False, [True, False])[0]
+        return out[:, :, 0].permute(1, 0, 2).contiguous()
+
+    # ---------------------------------------------------------------- numba kernel
+    @staticmethod
+    def _numba_threads() -> None:
+        want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != want:
+            numba.set_num_threads(want)
+
+    @staticmethod
+    def _block(n: int, row_bytes: int) -> int:
+        """Rows (or angles) per thread block: ~256 KiB of output rows, >= 4 blocks a thread."""
+        per_cache = max(1, (256 * 1024) // max(1, row_bytes))
+        per_balance = max(1, n // (4 * max(1, numba.get_num_threads())))
+        return int(min(16, per_cache, per_balance))
+
+    def _numba_adjoint(self, sino: Tensor) -> Tensor:
+        self._numba_threads()
+        s = np.ascontiguousarray(sino.detach().numpy().transpose(1, 2, 0))  # (A, T, B)
+        h, w = self.image_shape
+        out = np.zeros((h, w, s.shape[2]), dtype=s.dtype)
+        with _NUMBA_LOCK:
+            _nb_backproject(s, self._cos, self._sin, self.center, h, w, out,
+                            self._block(h, w * s.shape[2] * s.itemsize))
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+    def _numba_forward(self, image: Tensor) -> Tensor:
+        self._numba_threads()
+        x = np.ascontiguousarray(image.detach().numpy().transpose(1, 2, 0))  # (H, W, B)
+        out = np.zeros((self.n_angles, self.n_det, x.shape[2]), dtype=x.dtype)
+        with _NUMBA_LOCK:
+            _nb_project(x, self._cos, self._sin, self.center, out,
+                        self._block(self.n_angles, self.n_det * x.shape[2] * x.itemsize))
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
     # ---------------------------------------------------------------- raw operators
     def _check(self, x: Tensor, shape: tuple[int, int], what: str) -> None:
@@ -253,29 +492,31 @@ class ParallelBeamProjector(torch.nn.Module):
 
     def _apply_forward(self, image: Tensor) -> Tensor:
         self._check(image, self.image_shape, "image")
-        b = image.shape[0]
-        cols = image.reshape(b, -1).t().contiguous()  # (H*W, B)
-        out = torch.empty(self.n_angles * self.n_det, b, dtype=image.dtype, device=image.device)
-        for sl, fwd, _ in self._blocks(image.dtype, image.device):
-            out[sl.start * self.n_det: sl.stop * self.n_det] = torch.sparse.mm(fwd, cols)
-        return out.t().reshape(b, self.n_angles, self.n_det)
+        if self.uses_cache(image.device):
+            fwd, _ = self._matrices(image.dtype, image.device)
+            b = image.shape[0]
+            out = torch.sparse.mm(fwd, image.reshape(b, -1).t().contiguous())
+            return out.t().reshape(b, self.n_angles, self.n_det).contiguous()
+        if self.kernel_for(image.device) == "numba" and image.device.type == "cpu":
+            return self._numba_forward(image)
+        return self._torch_forward(image.contiguous())
 
     def _apply_adjoint(self, sino: Tensor) -> Tensor:
         self._check(sino, self.sino_shape, "sinogram")
-        b = sino.shape[0]
-        rows = sino.reshape(b, -1).t().contiguous()  # (A*n_det, B)
-        h, w = self.image_shape
-        out = torch.zeros(h * w, b, dtype=sino.dtype, device=sino.device)
-        for sl, _, adj in self._blocks(sino.dtype, sino.device):
-            out += torch.sparse.mm(adj, rows[sl.start * self.n_det: sl.stop * self.n_det])
-        return out.t().reshape(b, h, w)
+        if self.uses_cache(sino.device):
+            _, adj = self._matrices(sino.dtype, sino.device)
+            b = sino.shape[0]
+            out = torch.sparse.mm(adj, sino.reshape(b, -1).t().contiguous())
+            return out.t().reshape(b, *self.image_shape).contiguous()
+        if self.kernel_for(sino.device) == "numba" and sino.device.type == "cpu":
+            return self._numba_adjoint(sino)
+        return self._torch_adjoint(sino.contiguous())
 
     # ---------------------------------------------------------------- public API
     def forward(self, image: Tensor) -> Tensor:
         """Line integrals (pixel units) ``(B, A, n_det)`` of ``image`` ``(B, H, W)``.
 
-        Half-precision input (e.g. under ``torch.autocast``) is projected in float32: the sparse
-        kernels have no bfloat16/float16 version.
+        Half-precision input (e.g. under ``torch.autocast``) is projected in float32.
         """
         return _Project.apply(_at_least_float32(image), self)
 
@@ -304,23 +545,13 @@ def project(
     rows, h, w = obj.shape
     if n_det is None:
         n_det = tomopy_detector_width(h, w) if pad else w
-    op = _as_projector((h, w), theta, n_det, center)
+    op = ParallelBeamProjector((h, w), theta, n_det=n_det, center=center)
     out = np.empty((op.n_angles, rows, n_det), dtype=np.float32)
     with torch.no_grad():
         for z in range(0, rows, chunk):
             sl = torch.from_numpy(np.ascontiguousarray(obj[z:z + chunk], dtype=np.float32))
             out[:, z:z + chunk] = op(sl).numpy().transpose(1, 0, 2)
     return out
-
-
-def _as_projector(
-    image_shape: tuple[int, int], theta: Sequence[float] | np.ndarray, n_det: int,
-    center: float | None,
-) -> ParallelBeamProjector:
-    """Projector for the numpy helpers; caches its weights only when they fit in memory."""
-    op = ParallelBeamProjector(image_shape, theta, n_det=n_det, center=center)
-    op.cache = op.cache_bytes() <= CACHE_LIMIT_BYTES
-    return op
 
 
 def backproject(
@@ -353,7 +584,7 @@ def backproject(
     if np.size(theta) != n_angles:
         raise ValueError(f"theta has {np.size(theta)} angles, tomo has {n_angles} (axis 0)")
     h, w = shape if shape is not None else (n_det, n_det)
-    op = _as_projector((h, w), theta, n_det, center)
+    op = ParallelBeamProjector((h, w), theta, n_det=n_det, center=center)
     out = np.empty((rows, h, w), dtype=np.float32)
     with torch.no_grad():
         for z in range(0, rows, chunk):

@@ -2,9 +2,14 @@
 
 * :func:`normalize` -- flat/dark correction with mean flats and darks and safe division;
 * :func:`minus_log` -- ``-log`` with clipping of non-positive / non-finite transmissions;
+* :func:`remove_outliers` -- zinger removal: values that differ from the 3x3 median of their
+  projection by more than a fraction of it are replaced by that median (tomopy's
+  ``remove_outlier`` with a relative threshold);
 * :func:`remove_stripe_sorting` -- Vo et al.'s sorting-based stripe (ring) removal
   (Opt. Express 26, 28396 (2018), algorithm 3): sort every detector column along the angles,
   median-filter across columns, then subtract the per-column offsets (or undo the sort);
+* :func:`remove_stripe_fw` -- Münch et al.'s Fourier--wavelet stripe removal (Opt. Express 17,
+  8567 (2009)), tomopy's algorithm and defaults (equal to tomopy's output to float32 rounding);
 * :func:`retrieve_phase` -- Paganin single-distance phase retrieval with tomopy's parameters
   (pixel size and distance in cm, energy in keV, ``alpha = beta/delta``).
 
@@ -19,7 +24,8 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["minus_log", "normalize", "remove_stripe_sorting", "retrieve_phase"]
+__all__ = ["minus_log", "normalize", "remove_outliers", "remove_stripe_fw", "remove_stripe_sorting",
+           "retrieve_phase"]
 
 # h c in keV cm: wavelength[cm] = _HC_KEV_CM / energy[keV]
 _HC_KEV_CM = 1.239841984e-7
@@ -70,6 +76,17 @@ def minus_log(tomo: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return np.nan_to_num(out, posinf=-math.log(eps), neginf=0.0).astype(np.float32, copy=False)
 
 
+def remove_outliers(tomo: np.ndarray, threshold: float = 0.1, size: int = 3) -> np.ndarray:
+    """Replace zingers: pixels with ``|x - med| > threshold * |med|`` by ``med``, the ``size x
+    size`` median within each projection ``(angles, rows, cols)`` (float32, same shape)."""
+    tomo = np.asarray(tomo, dtype=np.float32)
+    single = tomo.ndim == 2
+    t = tomo[:, None] if single else tomo
+    med = ndimage.median_filter(t, size=(1, size, size), mode="reflect")
+    out = np.where(np.abs(t - med) > threshold * np.abs(med), med, t).astype(np.float32)
+    return out[:, 0] if single else out
+
+
 def remove_stripe_sorting(tomo: np.ndarray, size: int = 21, offsets_only: bool = True) -> np.ndarray:
     """Vo's sorting-based stripe removal (the stripes that become ring artefacts).
 
@@ -100,6 +117,54 @@ def remove_stripe_sorting(tomo: np.ndarray, size: int = 21, offsets_only: bool =
         out = np.empty_like(t)
         np.put_along_axis(out, order, smooth, axis=0)
     return out[:, 0] if single else out
+
+
+def remove_stripe_fw(
+    tomo: np.ndarray, level: int | None = None, wname: str = "db5", sigma: float = 2.0,
+    pad: bool = True,
+) -> np.ndarray:
+    """Fourier--wavelet stripe removal on each sinogram ``tomo[:, r, :]`` (tomopy's
+    ``remove_stripe_fw``): ``level`` wavelet decompositions (default ``ceil(log2(max shape))``),
+    the vertical detail bands damped along the angle axis in Fourier space by
+    ``1 - exp(-k^2 / (2 sigma^2))``, then the inverse transform. ``pad`` adds ``angles / 8`` zero
+    rows (split on both ends). Needs PyWavelets. float32, the input's shape.
+
+    The damping also removes angle-constant parts of the object's detail bands: on small
+    sinograms (tens of columns) that changes the reconstruction visibly, so the sorting-based
+    :func:`remove_stripe_sorting` stays the default of ``reconstruct.py``."""
+    try:
+        import pywt
+    except ImportError as err:
+        raise ImportError("remove_stripe_fw needs PyWavelets: pip install PyWavelets") from err
+    tomo = np.array(tomo, dtype=np.float32)
+    single = tomo.ndim == 2
+    t = tomo[:, None] if single else tomo
+    dx, dy, dz = t.shape
+    if level is None:
+        level = int(np.ceil(np.log2(max(t.shape))))
+    nx = dx + dx // 8 if pad else dx
+    xshift = (nx - dx) // 2
+    with warnings.catch_warnings():  # pywt warns when the level exceeds its useful maximum
+        warnings.simplefilter("ignore", UserWarning)
+        for m in range(dy):
+            sli = np.zeros((nx, dz), dtype=np.float32)
+            sli[xshift:dx + xshift] = t[:, m, :]
+            details = []
+            for _ in range(level):
+                sli, bands = pywt.dwt2(sli, wname)
+                details.append(list(bands))
+            for bands in details:
+                spectrum = np.fft.fftshift(np.fft.fft(bands[1], axis=0), axes=0)
+                my = spectrum.shape[0]
+                y_hat = (np.arange(-my, my, 2, dtype=np.float32) + 1) / 2
+                damp = -np.expm1(-np.square(y_hat) / (2 * sigma**2))
+                spectrum *= damp[:, None]
+                bands[1] = np.real(np.fft.ifft(np.fft.ifftshift(spectrum, axes=0), axis=0))
+            for bands in details[::-1]:
+                sli = sli[: bands[0].shape[0], : bands[0].shape[1]]
+                sli = pywt.idwt2((sli, tuple(bands)), wname)
+            t[:, m, :] = sli[xshift:dx + xshift, :dz]
+    return t[:, 0] if single else t
 
 
 def _pad_width(n: int, pixel_size: float, wavelength: float, dist: float) -> int:

@@ -173,3 +173,25 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(ckpt, tmp_
     assert expected.finished
     np.testing.assert_array_equal(new, labels(tmp_path / f"fresh_{name}"))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_angles_in_degrees_given_as_radians_are_refused(tmp_path):
+    """Issue 20 case 4: theta=FILE in degrees with theta_unit=rad."""
+    from src.data.projections import read_angles
+
+    np.savetxt(tmp_path / "deg.txt", np.linspace(0, 180, 91))
+    with pytest.raises(ValueError, match="look like degrees; pass theta_unit=deg"):
+        read_angles(str(tmp_path / "deg.txt"), "rad")
+    assert read_angles(str(tmp_path / "deg.txt"), "deg")[-1] == pytest.approx(np.pi)
+    assert read_angles(np.linspace(0, np.pi, 10), "rad")[-1] == pytest.approx(np.pi)
+
+
+def test_reconstruct_output_checks(tmp_path):
+    """Issue 20 case 13 (output an existing folder) and output = input: refused before any work."""
+    import reconstruct
+
+    np.save(tmp_path / "p.npy", np.ones((8, 2, 16), np.float32))
+    (tmp_path / "vol.tif").mkdir()
+    base = [f"input={tmp_path / 'p.npy'}", "theta=[0,0.4,0.8,1.2,1.6,2.0,2.4,2.8]", "center=8"]
+    with pytest.raises(IsADirectoryError, match="output=.*vol.tif is an existing folder"):
+        reconstruct.reconstruct(compose("reconstruct", [*base, f"output={tmp_path / 'vol.tif'}"]))

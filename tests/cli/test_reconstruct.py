@@ -65,7 +65,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_fbp_with_flat_dark(scan, tmp_path):
     out = tmp_path / "vol.tif"
     vol = run([f"input={scan['tomo']}", f"flat={scan['flat']}", f"dark={scan['dark']}",
-               "algorithm=fbp", f"output={out}", "batch_size=2"])
+               "theta=even", "algorithm=fbp", f"output={out}", "batch_size=2"])
     assert vol.shape == (ROWS, SIZE, SIZE) and vol.dtype == np.float32
     assert np.array_equal(read_image(out, mmap=False), vol)
     assert _corr(vol, scan["truth"]) > 0.85
@@ -75,7 +75,7 @@ def test_fbp_with_flat_dark(scan, tmp_path):
 
 
 def test_sirt_from_line_integrals_npy_with_rows_and_rings(scan, tmp_path):
-    vol = run([f"input={scan['line']}", "algorithm=sirt", "num_iter=30", "rows=[1,3]",
+    vol = run([f"input={scan['line']}", "theta=even", "algorithm=sirt", "num_iter=30", "rows=[1,3]",
                "ring_removal=true", f"output={tmp_path / 'sirt.tif'}"])
     assert vol.shape == (2, SIZE, SIZE)
     assert _corr(vol, scan["truth"][1:3]) > 0.75  # ring removal on 16 clean views costs a little
@@ -84,12 +84,13 @@ def test_sirt_from_line_integrals_npy_with_rows_and_rings(scan, tmp_path):
 def test_learned_with_checkpoint(scan, lpd_ckpt, tmp_path):
     out = tmp_path / "lpd.tif"
     vol = run([f"input={scan['tomo']}", f"flat={scan['flat']}", f"dark={scan['dark']}",
-               "algorithm=learned", f"ckpt_path={lpd_ckpt}", f"output={out}", "batch_size=2"])
+               "theta=even", "algorithm=learned", f"ckpt_path={lpd_ckpt}", f"output={out}",
+               "batch_size=2"])
     assert vol.shape == (ROWS, SIZE, SIZE) and np.isfinite(vol).all()
     assert out.is_file()
     # a shifted centre swaps the operator inside the net (same shapes): still runs
     vol2 = run([f"input={scan['tomo']}", f"flat={scan['flat']}", f"dark={scan['dark']}",
-                "algorithm=learned", f"ckpt_path={lpd_ckpt}", "center=16.5",
+                "theta=even", "algorithm=learned", f"ckpt_path={lpd_ckpt}", "center=16.5",
                 f"output={tmp_path / 'lpd2.tif'}"])
     assert vol2.shape == vol.shape and not np.allclose(vol2, vol)
 
@@ -98,17 +99,18 @@ def test_learned_geometry_mismatch(scan, lpd_ckpt, tmp_path):
     tomo = np.load(scan["line"])[:12]  # 12 angles, the net knows 16
     np.save(tmp_path / "few.npy", tomo)
     with pytest.raises(ValueError, match="trained on sinograms of 16 angles"):
-        run([f"input={tmp_path / 'few.npy'}", "algorithm=learned", f"ckpt_path={lpd_ckpt}",
+        run([f"input={tmp_path / 'few.npy'}", "theta=even", "algorithm=learned", f"ckpt_path={lpd_ckpt}",
              f"output={tmp_path / 'x.tif'}"])
 
 
 def test_bad_inputs(scan, tmp_path):
     out = f"output={tmp_path / 'bad.tif'}"
+    even = "theta=even"
     np.save(tmp_path / "rank4.npy", np.zeros((2, 2, 2, 2), np.float32))
     with pytest.raises(ImageReadError, match="expected a 2D"):
         run([f"input={tmp_path / 'rank4.npy'}", out])
     np.savetxt(tmp_path / "theta.txt", np.linspace(0, np.pi, ANGLES - 1, endpoint=False))
-    with pytest.raises(ValueError, match=f"theta has {ANGLES - 1} angles"):
+    with pytest.raises(ValueError, match=f"theta has {ANGLES - 1} angles for {ANGLES} projections"):
         run([f"input={scan['line']}", f"theta={tmp_path / 'theta.txt'}", out])
     transposed = np.load(scan["line"]).transpose(1, 0, 2)  # (rows, angles, cols)
     np.save(tmp_path / "t.npy", transposed)
@@ -116,18 +118,18 @@ def test_bad_inputs(scan, tmp_path):
     with pytest.raises(ValueError, match="looks transposed"):
         run([f"input={tmp_path / 't.npy'}", f"theta={tmp_path / 'theta16.txt'}", "theta_unit=deg", out])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        run([f"input={scan['line']}", "algorithm=learned", f"ckpt_path={tmp_path / 'no.ckpt'}", out])
+        run([f"input={scan['line']}", even, "algorithm=learned", f"ckpt_path={tmp_path / 'no.ckpt'}", out])
     torch.save({"state_dict": {}, "hyper_parameters": {"net": {"_target_": "src.models.nets.unet.UNet"}}},
                tmp_path / "seg.ckpt")
     with pytest.raises(ValueError, match="not a learned-reconstruction checkpoint"):
-        run([f"input={scan['line']}", "algorithm=learned", f"ckpt_path={tmp_path / 'seg.ckpt'}", out])
+        run([f"input={scan['line']}", even, "algorithm=learned", f"ckpt_path={tmp_path / 'seg.ckpt'}", out])
     with pytest.raises(ValueError, match="needs ckpt_path"):
-        run([f"input={scan['line']}", "algorithm=learned", out])
+        run([f"input={scan['line']}", even, "algorithm=learned", out])
     with pytest.raises(ValueError, match="unknown algorithm"):
-        run([f"input={scan['line']}", "algorithm=art", out])
+        run([f"input={scan['line']}", even, "algorithm=art", out])
     np.save(tmp_path / "flat_bad.npy", np.ones((2, ROWS + 1, SIZE), np.float32))
-    with pytest.raises(ValueError, match="must match a projection"):
-        run([f"input={scan['tomo']}", f"flat={tmp_path / 'flat_bad.npy'}", out])
+    with pytest.raises(ValueError, match="flat .* has shape"):
+        run([f"input={scan['tomo']}", f"flat={tmp_path / 'flat_bad.npy'}", even, out])
     assert not (tmp_path / "bad.tif").exists()
 
 
@@ -136,7 +138,8 @@ def test_cli_subprocess(scan, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "reconstruct.py"), f"input={scan['tomo']}",
-         f"flat={scan['flat']}", f"dark={scan['dark']}", "algorithm=fbp", f"output={out}",
+         f"flat={scan['flat']}", f"dark={scan['dark']}", "theta=even", "algorithm=fbp",
+         f"output={out}",
          f"hydra.run.dir={tmp_path / 'run'}", "progress=false"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -150,7 +153,8 @@ def test_hdf5_input(scan, tmp_path):
         fh["exchange/data_white"] = read_image(scan["flat"], mmap=False)
         fh["exchange/data_dark"] = read_image(scan["dark"], mmap=False)
     h5 = tmp_path / "scan.h5"
-    vol = run([f"input={h5}", f"flat={h5}", f"dark={h5}", f"output={tmp_path / 'h5.tif'}"])
+    vol = run([f"input={h5}", f"flat={h5}", f"dark={h5}", "theta=even",
+               f"output={tmp_path / 'h5.tif'}"])
     assert _corr(vol, scan["truth"]) > 0.85
     with pytest.raises(KeyError, match="no dataset"):
-        run([f"input={h5}", "dataset=nope", f"output={tmp_path / 'x.tif'}"])
+        run([f"input={h5}", "dataset=nope", "theta=even", f"output={tmp_path / 'x.tif'}"])

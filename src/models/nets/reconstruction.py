@@ -65,7 +65,10 @@ def make_projector(
         theta = even_angles(n_angles)
     elif n_angles is not None and int(np.size(theta)) != int(n_angles):
         raise ValueError(f"theta has {np.size(theta)} angles, n_angles={n_angles}")
-    return ParallelBeamProjector(size, theta, n_det=n_det, center=center)  # type: ignore[arg-type]
+    # cache=None: the nets apply the operator thousands of times at small sizes, where the stored
+    # CSR weights are measured faster on CPU (src.recon.operators.CACHE_MAX_ENTRIES)
+    return ParallelBeamProjector(size, theta, n_det=n_det, center=center,  # type: ignore[arg-type]
+                                 cache=None)
 
 
 def _as_sino(sino: Tensor, projector: ParallelBeamProjector) -> Tensor:

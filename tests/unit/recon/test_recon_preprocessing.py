@@ -17,6 +17,7 @@ from src.recon import (
     remove_stripe_sorting,
     retrieve_phase,
 )
+from src.recon.preprocessing import remove_outliers, remove_stripe_fw
 from tests.helpers import SHARED_DATA
 
 TOMOPY_REF = SHARED_DATA / "tomopy-reference"
@@ -97,6 +98,44 @@ def test_stripe_removal_vs_tomopy() -> None:
         corr, rel = _fit(_ref(name), ours)
         print(f"{name} vs sorting: corr {corr:.4f}, rel {rel:.4f}")
         assert corr > 0.85  # seen ti 0.988, fw 0.887 (fw changes proj itself: corr 0.898)
+
+
+def test_remove_stripe_fw_equals_tomopy() -> None:
+    pytest.importorskip("pywt")
+    proj = _ref("proj")
+    ours = remove_stripe_fw(proj)  # tomopy's defaults: level ceil(log2 48) = 6, db5, sigma 2
+    ref = _ref("remove_stripe_fw")
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())  # seen 2.3e-5 (of 30.8)
+    assert remove_stripe_fw(proj[:, 0]).shape == (16, 48)
+
+
+def test_stripe_fw_removes_stripes() -> None:
+    """The filter is linear: on a pure stripe pattern (columns constant over the angles) it must
+    leave little. (It also damps angle-constant parts of the object: on a 64-column phantom the
+    FBP changes by ~0.05 mean abs at level 4, which is why sorting stays the default.)"""
+    pytest.importorskip("pywt")
+    stripes = np.zeros((90, 2, 64), np.float32)
+    stripes[:, :, [20, 37, 45]] = [0.8, -0.6, 0.5]
+    left = remove_stripe_fw(stripes, level=4)
+    assert np.abs(left[:, :, [20, 37, 45]]).mean() < 0.15 * np.abs(stripes[:, :, [20, 37, 45]]).mean()
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 90, 1, 64)).astype(np.float32)
+    np.testing.assert_allclose(remove_stripe_fw(a + b, level=3),
+                               remove_stripe_fw(a, level=3) + remove_stripe_fw(b, level=3),
+                               atol=1e-4)
+
+
+def test_remove_outliers_replaces_zingers_only() -> None:
+    rng = np.random.default_rng(0)
+    tomo = (1.0 + 0.01 * rng.standard_normal((5, 16, 16))).astype(np.float32)
+    hot = tomo.copy()
+    hot[2, 7, 9] = 5.0  # a zinger
+    out = remove_outliers(hot, threshold=0.1)
+    assert abs(out[2, 7, 9] - 1.0) < 0.05
+    mask = np.ones_like(hot, bool)
+    mask[2, 7, 9] = False
+    np.testing.assert_array_equal(out[mask], hot[mask])
 
 
 def test_retrieve_phase_vs_tomopy() -> None:
