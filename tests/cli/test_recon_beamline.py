@@ -161,7 +161,7 @@ def test_bad_inputs_are_refused_before_writing(sim, dx_file, tmp_path):
         run([f"input={short}", o])
     np.savetxt(tmp_path / "t.txt", sim["theta_deg"][:10])
     with pytest.raises(ValueError, match="theta has 10 angles for 120"):
-        run([f"input={dx_file}", f"theta={tmp_path / 't.txt'}", o])
+        run([f"input={dx_file}", f"theta={tmp_path / 't.txt'}", "theta_unit=deg", o])
     bad_flat = _write_dx(tmp_path / "flat.h5", sim, data_white=sim["flats"][:, :, :-1])
     with pytest.raises(ValueError, match=r"flat.h5: flat 'exchange/data_white' has shape"):
         run([f"input={bad_flat}", o])
