@@ -393,7 +393,10 @@ def _open_output(output: Path, shape: tuple[int, int, int], meta: dict[str, Any]
     if partial.exists() and state_path.is_file():
         try:
             state = json.loads(state_path.read_text())
-            if state.get("key") == key:
+            if state.get("key") != key:
+                log.warning("%s: the unfinished output was made from another input or other settings "
+                            "(the input changed since?): starting again, not resuming", output)
+            else:
                 writer = _VolumeWriter(partial, kind, None, meta)
                 if writer.shape == shape:
                     log.info("resuming %s at row %d of %d", output, state["done"], shape[0])
@@ -513,8 +516,10 @@ def reconstruct(cfg: DictConfig) -> np.ndarray | None:
             _write_preview(output, volume)
             log.info("wrote %s %s", output, volume.shape)
             return volume
+        info = Path(scan.path).stat()  # a resumed run refuses an input that changed since
         key = hashlib.sha256(json.dumps(
-            {**meta, "centers": [round(float(c), 6) for c in centers]}, sort_keys=True,
+            {**meta, "centers": [round(float(c), 6) for c in centers],
+             "input_stat": [info.st_size, info.st_mtime_ns]}, sort_keys=True,
             default=str).encode()).hexdigest()
         vol, done = _open_output(output, (rows, cols, cols), meta, key)
         extra = cfg.get("algorithm_kwargs")
