@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 _HDF5 = (".h5", ".hdf5", ".hdf", ".nxs")
 
+#: voxels of one surface slab (its thickness follows the plane size): ~0.6 GB while meshed
+SLAB_VOXELS = 32 * 2**20
+
 
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -253,11 +256,18 @@ def chunked_statistics(
                 log.warning("phase %s is absent from %s: its surfaces, particles and tortuosity "
                             "are not defined", name, source)
 
+        # a slab costs ~20 bytes a voxel while meshed (mask, float field, its smoothing, mesh):
+        # thin slabs on wide planes, and one at a time when they are large, bound the peak
+        plane = labels.shape[1] * labels.shape[2]
+        slab = int(min(chunk, max(halo, SLAB_VOXELS // max(plane, 1))))
+        serial = cluster is None and (slab + 2 * halo) * plane > SLAB_VOXELS // 2
+
         def surfaces() -> dict[str, Any]:
             parts = dask.compute(*[
                 dask.delayed(_slab_surfaces)(labels[s0:s1], (z0 - s0 - 0.5, z1 - s0 - 0.5, z1 == depth),
                                              n, surface_sigma)
-                for z0, z1, s0, s1 in _slabs(depth, chunk, halo)])
+                for z0, z1, s0, s1 in _slabs(depth, slab, halo)],
+                **({"scheduler": "synchronous"} if serial else {}))
             summed = [PhaseSurface(sum(p[i].area for p in parts), sum(p[i].to_phase for p in parts))
                       for i in range(n)]
             return surface_table(summed, counts, class_names, voxel_um)
