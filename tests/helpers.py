@@ -93,3 +93,20 @@ def recon_overrides(out_dir: Path, model: str, extra: list[str] | None = None) -
         "trainer.enable_model_summary=false",
         f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}/logs", *net, *(extra or []),
     ]
+
+
+def write_segmentation_checkpoint(path: Path, base_filters: int = 8,
+                                  class_names: tuple[str, ...] = ("NMC", "CBD", "pore")) -> Path:
+    """A real (untrained, seeded) LRCS-Net checkpoint as train.py writes it, at ``path``."""
+    import torch
+
+    from src.models.segmentation import SegmentationModule
+
+    torch.manual_seed(0)
+    net = {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": len(class_names),
+           "base_filters": base_filters}
+    module = SegmentationModule(net=net, class_names=list(class_names), name="lrcsnet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "datamodule_hyper_parameters": {"normalize": {"lower": 0.5, "upper": 99.5}}}, path)
+    return path

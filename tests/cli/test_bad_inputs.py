@@ -9,24 +9,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from src.data.io import ImageReadError, write_tiff
-from src.models.segmentation import SegmentationModule
-from tests.helpers import compose
+from tests.helpers import compose, write_segmentation_checkpoint
 
 CLASSES = ["NMC", "CBD", "pore"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 2}
-    module = SegmentationModule(net=net, class_names=CLASSES, name="lrcsnet")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "datamodule_hyper_parameters": {"normalize": {"lower": 0.5, "upper": 99.5}}}, path)
-    return path
+    return write_segmentation_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", 2, tuple(CLASSES))
+
+
+def _die_at_the_third_tile(monkeypatch) -> None:
+    """Make the third tile's prediction raise, like a run killed after two chunks."""
+    from src.inference.tiled import TiledPredictor
+
+    real, calls = TiledPredictor.predict_tile, {"n": 0}
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TiledPredictor, "predict_tile", dies)
 
 
 def _predict(ckpt: Path, image: Path | str, out: Path | str, *extra: str):
@@ -111,24 +118,15 @@ def test_an_error_is_one_line_and_the_traceback_on_request(tmp_path):
 def test_resume_refuses_an_input_that_changed(ckpt, tmp_path, monkeypatch):
     import time
 
-    from src.inference.tiled import TiledPredictor
     from src.inference.volume_prediction import progress_dir
 
     vol = np.random.default_rng(2).random((6, 16, 16)).astype(np.float32)
     write_tiff(tmp_path / "x.tif", vol)
     out = tmp_path / "seg.zarr"
-    real, calls = TiledPredictor.predict_tile, {"n": 0}
-
-    def dies_at_the_third(self, *args, **kwargs):  # a run killed after two chunks
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("killed")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(TiledPredictor, "predict_tile", dies_at_the_third)
+    _die_at_the_third_tile(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         _predict(ckpt, tmp_path / "x.tif", out, "tiling.chunk=[1,null,null]")
-    monkeypatch.setattr(TiledPredictor, "predict_tile", real)
+    monkeypatch.undo()
     assert (progress_dir(out) / "manifest.json").exists()
     time.sleep(0.01)
     write_tiff(tmp_path / "x.tif", vol[::-1].copy())  # same size, other content and time
@@ -141,7 +139,6 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(ckpt, tmp_
     import tifffile
     import zarr
 
-    from src.inference.tiled import TiledPredictor
 
     def labels(path: Path) -> np.ndarray:
         return (zarr.open_group(str(path), mode="r")["labels"][:] if path.suffix == ".zarr"
@@ -153,19 +150,11 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(ckpt, tmp_
     out = tmp_path / name
     _predict(ckpt, tmp_path / "a.tif", out, "tiling.chunk=[1,null,null]")
     old = labels(out)
-    real, calls = TiledPredictor.predict_tile, {"n": 0}
-
-    def dies_at_the_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("killed")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(TiledPredictor, "predict_tile", dies_at_the_third)
+    _die_at_the_third_tile(monkeypatch)
     with pytest.raises(RuntimeError, match="killed"):
         _predict(ckpt, tmp_path / "b.tif", out, "tiling.chunk=[1,null,null]", "overwrite=true")
     np.testing.assert_array_equal(labels(out), old)  # a kill leaves the finished output whole
-    monkeypatch.setattr(TiledPredictor, "predict_tile", real)
+    monkeypatch.undo()
     result = _predict(ckpt, tmp_path / "b.tif", out, "tiling.chunk=[1,null,null]", "overwrite=true")
     assert result.finished
     new = labels(out)

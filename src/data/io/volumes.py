@@ -396,26 +396,24 @@ def open_output(path: Path) -> VolumeOutput:
     return ZarrOutput(zarr_partial(path) if zarr_partial(path).exists() else path)
 
 
-def remove_partial_output(path: Path) -> None:
-    """Delete what an unfinished run left (partial files or staged store), not a finished output."""
-    targets = ([zarr_partial(path)] if output_kind(path) == "zarr"
-               else [tiff_partial(path), tiff_partial(probabilities_path(path))])
+def _remove(targets: list[Path]) -> None:
     for target in targets:
         if target.is_dir():
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
+
+
+def remove_partial_output(path: Path) -> None:
+    """Delete what an unfinished run left (partial files or staged store), not a finished output."""
+    _remove([zarr_partial(path)] if output_kind(path) == "zarr"
+            else [tiff_partial(path), tiff_partial(probabilities_path(path))])
 
 
 def remove_output(path: Path) -> None:
     """Delete an output (store or files, finished or partial)."""
-    targets = [path, zarr_partial(path)] if output_kind(path) == "zarr" else [
-        path, probabilities_path(path), tiff_partial(path), tiff_partial(probabilities_path(path))]
-    for target in targets:
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+    remove_partial_output(path)
+    _remove([path] if output_kind(path) == "zarr" else [path, probabilities_path(path)])
 
 
 def output_exists(path: Path) -> bool:

@@ -25,7 +25,7 @@ from src.inference.volume_prediction import predict_volume, progress_dir
 from src.models.nets.lrcsnet import LRCSNet
 from src.models.nets.unet import UNet
 from src.models.segmentation import SegmentationModule
-from tests.helpers import compose
+from tests.helpers import compose, write_segmentation_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 CLASSES = ["NMC", "CBD", "pore"]
@@ -198,13 +198,7 @@ def test_resume_skips_done_chunks_and_refuses_other_settings(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real (untrained) LRCS-Net checkpoint as train.py writes it."""
-    torch.manual_seed(0)
-    net = {"_target_": "src.models.nets.lrcsnet.LRCSNet", "num_classes": 3, "base_filters": 8}
-    module = SegmentationModule(net=net, class_names=CLASSES, name="lrcsnet")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "datamodule_hyper_parameters": {"normalize": {"lower": 0.5, "upper": 99.5}}}, path)
-    return path
+    return write_segmentation_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", 8, tuple(CLASSES))
 
 
 def predict_cmd(ckpt: Path, image: Path, out: Path, *extra: str) -> list[str]:
