@@ -279,7 +279,7 @@ def chunked_statistics(
         out["local_thickness"] = {}
         for name in thickness_phases:
             out["local_thickness"][name] = timed(f"local_thickness {name}", lambda name=name: _thickness(
-                labels == class_names.index(name), voxel_um))
+                labels == class_names.index(name), voxel_um, serial=cluster is None))
     if rev_phases:
         out["rev_tortuosity"] = timed("rev_tortuosity", lambda: {
             name: rev_tortuosity(labels, [class_names.index(p) for p in name.split("+")], rev_axis, rev_sizes)
@@ -337,7 +337,7 @@ def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
             "d50_um": d50}
 
 
-def _thickness(mask: Any, voxel_um: float) -> dict[str, Any]:
+def _thickness(mask: Any, voxel_um: float, serial: bool = True) -> dict[str, Any]:
     """Local thickness (porespy, ``bf``) per block with an exact halo; mean and median (µm)."""
     import porespy
 
@@ -366,8 +366,11 @@ def _thickness(mask: Any, voxel_um: float) -> dict[str, Any]:
         v, c = np.unique(r[m], return_counts=True)
         return dict(zip(v.tolist(), c.tolist(), strict=True))
 
+    # one block at a time in this process: porespy parallelises each block with numba itself, and
+    # numba's workqueue threading layer (set by the recon kernels) aborts on concurrent calls
     parts = dask.compute(*[dask.delayed(block_counts)(r, m) for r, m in zip(
-        radius.to_delayed().ravel(), mask.rechunk(radius.chunks).to_delayed().ravel(), strict=True)])
+        radius.to_delayed().ravel(), mask.rechunk(radius.chunks).to_delayed().ravel(), strict=True)],
+        **({"scheduler": "synchronous"} if serial else {}))
     merged: dict[float, int] = {}
     for part in parts:
         for v, c in part.items():
