@@ -409,7 +409,7 @@ def rev_tortuosity(
     shape = labels.shape
     side = min(shape)
     if sizes is None:
-        sizes = [s for s in (32, 64, 128, 256) if s < side] + [min(side, 256)]
+        sizes = sorted({s for s in (32, 64, 128, 256) if s < side} | {min(side, 256)})
     taus = []
     for s in sizes:
         if s > side:
