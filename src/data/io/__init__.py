@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import re
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def _inspect_tiff(path: Path) -> tuple[tuple[int, ...], np.dtype]:
                         )
     except ImageReadError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, struct.error) as exc:
         raise ImageReadError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
     bad = [m for m in problems if any(h in m for h in _CORRUPTION_HINTS)]
     if bad:
@@ -146,7 +147,7 @@ def _read_tiff(path: Path, mmap: bool, inspect: bool = True) -> np.ndarray:
                     raise
         with _tifffile_problems() as problems:
             data = tifffile.imread(path)
-    except (tifffile.TiffFileError, ValueError, OSError, RuntimeError) as exc:
+    except (tifffile.TiffFileError, ValueError, OSError, RuntimeError, struct.error) as exc:
         raise ImageReadError(
             f"{path}: failed to read TIFF data ({type(exc).__name__}: {exc})"
         ) from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def _open_tiff(path: Path) -> VolumeSource:
     try:
         store = tifffile.imread(path, aszarr=True)
         array = zarr.open(store, mode="r")
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError) as exc:
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, struct.error) as exc:
         raise ImageReadError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
     if not hasattr(array, "shape"):  # pyramid: a group of levels
         array = array["0"]
@@ -112,7 +113,7 @@ def _open_tiff_folder(folder: Path) -> VolumeSource:
     try:
         store = tifffile.TiffSequence(files, pattern=None).aszarr()
         array = zarr.open(store, mode="r")
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+    except (tifffile.TiffFileError, ValueError, OSError, struct.error) as exc:
         raise ImageReadError(f"{folder}: TIFF slices cannot be stacked ({type(exc).__name__}: {exc}); "
                              "every slice must be 2D with the same shape and dtype") from exc
     return _array_source(str(folder), array, store.close)

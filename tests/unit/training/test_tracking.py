@@ -80,7 +80,7 @@ def test_resumed_training_continues_the_wandb_run_with_checkpoint_artifact(tiny_
     train.train(compose("train", base + ["trainer.max_epochs=1"]))
     first = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(first) == 1
-    run_id = first[0].name.rsplit("-", 1)[-1]
+    run_id = first[0].name.split("-")[3]  # offline-run-<time>-<id>, "-1" appended when the second is shared
     import time
 
     deadline = time.time() + 60  # the W&B service writes the offline run file asynchronously
@@ -90,7 +90,7 @@ def test_resumed_training_continues_the_wandb_run_with_checkpoint_artifact(tiny_
     train.train(compose("train", base + ["trainer.max_epochs=2", f"ckpt_path={tmp_path}/checkpoints/last.ckpt"]))
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    assert {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}
+    assert {r.name.split("-")[3] for r in runs} == {run_id}
 
 
 def test_orthogonal_slices_of_3d_patches():
