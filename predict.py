@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from src.cli import run_command
 from src.config import resolve_device
 from src.data.io.checks import check_output_file
-from src.data.io.volumes import open_volume, output_kind, sample_range
+from src.data.io.volumes import open_volume, output_kind, sample_range, split_key
 from src.data.transforms import normalization
 from src.inference.volume_prediction import (
     PredictionResult,
@@ -37,7 +37,7 @@ def predict(cfg: DictConfig) -> PredictionResult:
     """Check the input, checkpoint and output, then predict this rank's chunks."""
     return_freed_memory()
     output_kind(cfg.output)
-    input_path = str(cfg.input).split(":")[0] if not Path(str(cfg.input)).exists() else str(cfg.input)
+    input_path = str(split_key(cfg.input)[0])
     check_output_file(cfg.output, "output", inputs=[input_path])  # before the model or the volume is read
     source = open_volume(cfg.input)
     module, data_hparams = load_segmentation_checkpoint(cfg.ckpt_path)

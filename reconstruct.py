@@ -38,6 +38,7 @@ from src.cli import run_command
 from src.config import resolve_device
 from src.data.io import write_json, write_tiff
 from src.data.io.checks import check_output_file
+from src.data.io.volumes import split_key
 from src.data.projections import ProjectionScan, open_scan
 from src.recon.centre import find_center_vo
 from src.recon.fbp import ALGORITHMS, check_projections, recon
@@ -312,7 +313,7 @@ def _check_config(cfg: DictConfig) -> str:
         raise ValueError(f"output={cfg.output}: algorithm=learned writes a .tif volume")
     if OUTPUT_KINDS[suffix] != "zarr" and Path(str(cfg.output)).is_dir():
         raise IsADirectoryError(f"output={cfg.output} is an existing folder; expected a volume file name")
-    inputs = [str(cfg.input).split(":")[0]] + [str(cfg[k]) for k in ("flat", "dark", "theta")
+    inputs = [str(split_key(cfg.input)[0])] + [str(cfg[k]) for k in ("flat", "dark", "theta")
                                                if isinstance(cfg.get(k), str)]
     check_output_file(str(cfg.output), "output", inputs=inputs)  # writable, not an input: before any work
     return algorithm

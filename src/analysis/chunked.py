@@ -34,15 +34,16 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from src.analysis.morphology import surface_table
+from src.analysis.morphology import check_labels, remap_labels, surface_table
 from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface, slab_halo
 from src.analysis.transport import tortuosity_factor
+from src.data.io import HDF5_SUFFIXES
+from src.data.io.volumes import split_key
 
 __all__ = ["chunked_statistics", "connect", "open_lazy", "rev_tortuosity"]
 
 log = logging.getLogger(__name__)
 
-_HDF5 = (".h5", ".hdf5", ".hdf", ".nxs")
 
 #: voxels of one surface slab (its thickness follows the plane size): ~0.6 GB while meshed
 SLAB_VOXELS = 32 * 2**20
@@ -54,7 +55,7 @@ def _kind(path: Path) -> str:
         return "tiff"
     if suffix == ".zarr" or path.is_dir():
         return "zarr"
-    if suffix in _HDF5:
+    if suffix in HDF5_SUFFIXES:
         return "hdf5"
     if suffix == ".npy":
         return "npy"
@@ -113,10 +114,9 @@ def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[
     import dask.array as da
     from dask.array.core import normalize_chunks
 
-    text = str(path)
-    if ":" in text and Path(text.split(":", 1)[0]).suffix.lower() in _HDF5:
-        text, dataset = text.split(":", 1)
-    path = Path(text).resolve()
+    path, key = split_key(path)
+    dataset = key or dataset
+    path = path.resolve()
     if not path.exists():
         raise FileNotFoundError(f"volume {path} not found")
     kind = _kind(path)
@@ -150,25 +150,13 @@ def connect(cluster: str | None, timeout_s: float = 10.0) -> Iterator[Any]:
         client.close()
 
 
-def _lookup(label_values: Sequence[int] | None, n: int) -> np.ndarray | None:
-    if label_values is None:
-        return None
-    table = np.full(max(int(v) for v in label_values) + 1, 255, np.uint8)
-    for i, v in enumerate(label_values):
-        table[int(v)] = i
-    return table
-
-
-def _as_phases(block: np.ndarray, table: np.ndarray | None, n: int, source: str) -> np.ndarray:
+def _as_phases(block: np.ndarray, class_names: list[str], label_values: Sequence[int] | None,
+               source: str) -> np.ndarray:
+    """One block as phase indices, with the in-memory path's checks and messages."""
     block = np.asarray(block)
-    if table is not None:
-        if block.max(initial=0) >= table.size or block.min(initial=0) < 0:
-            raise ValueError(f"{source}: label values outside label_values")
-        block = table[block]
-    if block.max(initial=0) >= n:
-        bad = np.unique(block[block >= n])[:10].tolist()
-        raise ValueError(f"{source}: label values {bad} are not phases 0..{n - 1} (set label_values)")
-    return block.astype(np.uint8, copy=False)
+    if label_values is not None:
+        block = remap_labels(block, label_values, source)
+    return check_labels(block, class_names, source)
 
 
 def _slabs(depth: int, slab: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
@@ -232,9 +220,8 @@ def chunked_statistics(
                 raise ValueError(f"{what}={name!r} is not one of class_names {class_names}")
     voxel_um = float(voxel_size_nm) * 1e-3
     raw = open_lazy(path, dataset, chunk)
-    table = _lookup(label_values, n)
     source = str(path)
-    labels = raw.map_blocks(_as_phases, table, n, source, dtype=np.uint8)
+    labels = raw.map_blocks(_as_phases, class_names, label_values, source, dtype=np.uint8)
     depth = labels.shape[0]
     timings: dict[str, float] = {}
     out: dict[str, Any] = {"shape": list(labels.shape), "voxel_size_nm": float(voxel_size_nm),
