@@ -334,8 +334,9 @@ def compute_statistics(
             for name in thickness_phases})
     if tortuosity:
         tasks = [(name, a) for name in tort_members for a in tort_axes]
+        masks = {name: np.isin(labels, members) for name, members in tort_members.items()}  # once per phase
         solved = timed("tortuosity", lambda: tortuosity_many(
-            [(np.isin(labels, tort_members[name]), a) for name, a in tasks], solver=tortuosity_solver,
+            [(masks[name], a) for name, a in tasks], solver=tortuosity_solver,
             device=device, conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit,
             workers=tortuosity_workers))
         stats["tortuosity"] = {name: {} for name in tort_members}
