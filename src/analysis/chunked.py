@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from src.analysis.morphology import check_labels, remap_labels, surface_table
+from src.analysis.particles import weighted_quantiles
 from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface, slab_halo
 from src.analysis.transport import tortuosity_factor
 from src.data.io import HDF5_SUFFIXES
@@ -228,8 +229,12 @@ def chunked_statistics(
                            "class_names": class_names, "chunk": chunk, "source": source}
 
     def timed(key: str, fn: Any) -> Any:
+        """Run ``fn()`` with a progress bar over its dask tasks (local schedulers); log its time."""
+        from tqdm.dask import TqdmCallback
+
         start = time.perf_counter()
-        result = fn()
+        with TqdmCallback(desc=key, unit="task", leave=False, disable=None):
+            result = fn()
         timings[key] = time.perf_counter() - start
         log.info("%s: %.1f s", key, timings[key])
         return result
@@ -317,9 +322,7 @@ def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
     count, component = connected_components(graph, directed=False) if total else (0, np.zeros(0, int))
     voxels = np.bincount(component, weights=sizes, minlength=count).astype(np.int64)
     diameters = (6.0 * voxels / np.pi) ** (1 / 3) * voxel_um
-    order = np.argsort(diameters)
-    cumulative = np.cumsum(voxels[order]) / max(voxels.sum(), 1)
-    d50 = float(diameters[order][np.searchsorted(cumulative, 0.5)]) if voxels.size else math.nan
+    d50 = float(weighted_quantiles(diameters, voxels, np.array([0.5]))[0])  # the in-memory rule
     return {"count": int(count), "voxels": voxels.tolist(), "volumes_um3": (voxels * voxel_um**3).tolist(),
             "d50_um": d50}
 

@@ -21,17 +21,15 @@ import contextlib
 import io
 import logging
 import math
-import multiprocessing
-import os
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
 from tqdm.auto import tqdm
 
+from src.analysis.parallel import fork_map
 from src.config import resolve_device
 
 __all__ = ["AXIS_NAMES", "TORTUOSITY_SOLVERS", "percolating_fraction", "through_clusters",
@@ -212,16 +210,13 @@ def tortuosity_factor(
 
 
 def _solve_one(args: tuple) -> dict:
-    from threadpoolctl import threadpool_limits
-
     mask, axis, kwargs = args
-    with threadpool_limits(1):  # one core per process: the processes share the machine
-        return tortuosity_factor(mask, axis, **kwargs)
+    return tortuosity_factor(mask, axis, **kwargs)
 
 
 def tortuosity_many(
     tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None,
-    min_parallel_voxels: int = 100**3, **kwargs: Any,
+    min_parallel_voxels: int = 100**3, on_done: Callable[[], Any] | None = None, **kwargs: Any,
 ) -> list[dict[str, float | bool | int]]:
     """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes on
     the CPU (each solve is single-threaded) when there are several large ones.
@@ -231,19 +226,13 @@ def tortuosity_many(
         workers: processes (None: one per CPU core, at most one per task); 1 = in this process.
         min_parallel_voxels: smaller masks are solved in this process (starting a process
             costs more than their solve).
+        on_done: called after each solve (progress).
         **kwargs: keyword arguments of :func:`tortuosity_factor`.
 
     Returns:
         One result dict per task, in order.
     """
-    n = len(tasks)
-    workers = min(workers or os.cpu_count() or 1, n) if n else 1
     on_gpu = kwargs.get("device", "cpu") != "cpu" and kwargs.get("solver", "auto") != "amg"
     small = all(m.size < min_parallel_voxels for m, _ in tasks)
-    if workers <= 1 or on_gpu or small:
-        return [tortuosity_factor(m, a, **kwargs) for m, a in tasks]
-    # fork: the children only run numpy/scipy/pyamg (no OpenMP, no torch), and start in ms
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(_solve_one, [(m, a, kwargs) for m, a in tasks]))
+    return fork_map(_solve_one, [(m, a, kwargs) for m, a in tasks], parallel=not (on_gpu or small),
+                    workers=workers, on_done=on_done)
