@@ -134,7 +134,8 @@ def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[
 def connect(cluster: str | None, timeout_s: float = 10.0) -> Iterator[Any]:
     """A ``distributed.Client`` on the scheduler at ``cluster`` for the ``with`` block (None:
     dask's threads, no client). Raises ``ConnectionError`` naming the address when it does not
-    answer within ``timeout_s``."""
+    answer within ``timeout_s``.
+    """
     if not cluster:
         yield None
         return
@@ -296,7 +297,8 @@ def _slab_components(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
     """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks:
     each z-slab is labelled on its own, then the labels that touch across slab faces are joined
-    (a graph's connected components); only the slabs' sizes and face planes are kept."""
+    (a graph's connected components); only the slabs' sizes and face planes are kept.
+    """
     import dask
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

@@ -72,7 +72,8 @@ def biased_statistics(
     particles: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """The label-sensitive statistics of a 3D label volume as a flat dict: ``vf_<phase>``,
-    ``ssa_<phase>`` (specific surface area, µm⁻¹) and ``d50_<particle_phase>`` (µm)."""
+    ``ssa_<phase>`` (specific surface area, µm⁻¹) and ``d50_<particle_phase>`` (µm).
+    """
     voxel_um = check_voxel_size(voxel_size_nm) * 1e-3
     row = {f"vf_{k}": v for k, v in volume_fractions(labels, class_names).items()}
     surfaces = surface_statistics(labels, class_names, voxel_um)
@@ -94,7 +95,8 @@ def label_bias_table(
 ) -> list[dict[str, Any]]:
     """One row per perturbation (ground truth, then each phase eroded / dilated by ``pixels``):
     the statistics of :func:`biased_statistics` and their relative error against the truth
-    (``rel_<stat>``), plus the share of relabelled voxels. ``labels``: (z, y, x) truth."""
+    (``rel_<stat>``), plus the share of relabelled voxels. ``labels``: (z, y, x) truth.
+    """
     class_names = list(class_names)
     labels = check_labels(labels, class_names)
     if labels.ndim != 3:

@@ -142,7 +142,8 @@ def label_consistency(
 
 def format_consistency_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
     """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, the gap, and
-    the oracle-bias mIoU when the rows have it."""
+    the oracle-bias mIoU when the rows have it.
+    """
     oracle = all("oracle" in r for r in rows)
     head = ["slice", "mIoU within", "mIoU across", "gap", *(["mIoU oracle bias"] if oracle else []),
             "acc within", "acc across", *[f"IoU {c} within / across" for c in class_names]]

@@ -93,7 +93,8 @@ def format_table(
     class_names: Sequence[str],
 ) -> str:
     """Plain-text table: one row per image plus "overall"; columns accuracy, mIoU,
-    IoU_<phase>..., Dice_<phase>... (scores as returned by :func:`scores_from_confusion`)."""
+    IoU_<phase>..., Dice_<phase>... (scores as returned by :func:`scores_from_confusion`).
+    """
     header = [
         "image",
         "accuracy",

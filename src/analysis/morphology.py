@@ -118,7 +118,8 @@ def surface_table(
     surfaces: Sequence[PhaseSurface], counts: np.ndarray, class_names: Sequence[str], voxel_um: float
 ) -> dict[str, Any]:
     """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface` (voxel
-    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume)."""
+    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume).
+    """
     n = len(class_names)
     total_um3 = float(np.sum(counts)) * voxel_um**3
     area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
@@ -236,7 +237,8 @@ def absent_phase_notes(
     thickness_phases: Sequence[str],
 ) -> list[str]:
     """One message per statistic that a phase absent from the volume leaves undefined (its
-    values are then NaN or inf for that reason, said in the log and in ``stats.json``)."""
+    values are then NaN or inf for that reason, said in the log and in ``stats.json``).
+    """
     notes = []
     for name, fraction in fractions.items():
         if fraction > 0:

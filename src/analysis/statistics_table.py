@@ -183,7 +183,8 @@ def write_statistics(
     figure: bool = True,
 ) -> None:
     """Write ``stats.csv`` (one row per volume, columns ``<statistic>/<phase>``), ``units.json``,
-    ``stats.json`` (nested results and settings) and, with ``figure``, ``stats.png`` to ``out_dir``."""
+    ``stats.json`` (nested results and settings) and, with ``figure``, ``stats.png`` to ``out_dir``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"volume": name, **flatten_statistics(stats)} for name, stats in results.items()]
     columns = write_csv_atomic(out_dir / "stats.csv", rows)

@@ -51,7 +51,8 @@ def _net_target(hparams: dict[str, Any]) -> str:
 
 def _kind_of(ckpt: dict[str, Any]) -> str | None:
     """The ``kind`` a checkpoint stores; for older checkpoints (without one) the kind their
-    hyperparameters show: a reconstruction net, XANES ``task``/``scan_energies``, or phases."""
+    hyperparameters show: a reconstruction net, XANES ``task``/``scan_energies``, or phases.
+    """
     if ckpt.get("kind") in MODULES:
         return ckpt["kind"]
     hparams = ckpt.get("hyper_parameters", {})

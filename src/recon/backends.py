@@ -199,7 +199,8 @@ def tomopy_recon(
     **kwargs: Any,
 ) -> np.ndarray:
     """Tomopy's ``recon`` with our names: ``fbp`` is tomopy's gridrec with the mapped filter,
-    ``sirt``/``tv``/``art``/``mlem`` pass through (``num_iter`` default 50)."""
+    ``sirt``/``tv``/``art``/``mlem`` pass through (``num_iter`` default 50).
+    """
     try:
         import tomopy
     except ImportError as err:

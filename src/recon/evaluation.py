@@ -107,7 +107,8 @@ def compare_methods(
 
 def format_recon_table(rows: Sequence[Mapping[str, float | str]], reference: str | None = "FBP") -> str:
     """Markdown table of :func:`compare_methods` rows, with the PSNR gain over ``reference`` and
-    a training-time column when rows carry ``train_s``."""
+    a training-time column when rows carry ``train_s``.
+    """
     ref = next((r for r in rows if r["method"] == reference), None)
     timed = any("train_s" in r for r in rows)
     head = "| method | PSNR (dB) | SSIM | rel. error | ms/slice |"

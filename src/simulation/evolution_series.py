@@ -110,7 +110,8 @@ class EvolutionConfig:
 class EvolutionState:
     """One state in the field of view: ``labels`` (z, y, x) uint8, the ground truth, the
     simulator's particle ids (z, y, x) int32 (0 = none; hulls, cracks included) and the crack
-    mask (z, y, x) bool."""
+    mask (z, y, x) bool.
+    """
 
     labels: np.ndarray
     truth: dict[str, Any] = field(default_factory=dict)

@@ -15,7 +15,8 @@ from src.data.io.figures import panel_rgb, save_panel_png
 
 def orthogonal_slices(batch: np.ndarray) -> list[np.ndarray]:
     """(n, z, y, x) patches → 3n planes: per sample its middle z (y, x), y (z, x) and x (z, y)
-    planes, in that order."""
+    planes, in that order.
+    """
     _, z, y, x = batch.shape
     return [plane for b in batch for plane in (b[z // 2], b[:, y // 2], b[:, :, x // 2])]
 

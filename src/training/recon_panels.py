@@ -24,7 +24,8 @@ def _grey(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def recon_panel_rgb(truth: np.ndarray, fbp: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarray:
     """``(H, W)`` truth, FBP, learned and error (x2 gain) side by side -> ``(H, 4 W + gaps, 3)`` uint8.
 
-    The three images share the grey scale of the truth (its min..max)."""
+    The three images share the grey scale of the truth (its min..max).
+    """
     lo, hi = float(truth.min()), float(truth.max())
     err = np.abs(recon - truth)
     tiles = [_grey(truth, lo, hi), _grey(fbp, lo, hi), _grey(recon, lo, hi),

@@ -205,7 +205,8 @@ def varying_settings(runs: Sequence[Run], ignore: Sequence[str] = ("paths", "hyd
 
 def format_setting(value: Any) -> str:
     """Settings for a table: floats (also as override strings such as ``0.000430201820``) to 4
-    significant digits, None as ``-``."""
+    significant digits, None as ``-``.
+    """
     if value is None:
         return "-"
     if isinstance(value, str) and len(value) > 8 and any(c in value for c in ".e"):
@@ -241,7 +242,8 @@ def sort_key(value: float, mode: str) -> tuple[int, float]:
 def comparison_rows(runs: Sequence[Run], metric: str, mode: str = "max",
                     ignore: Sequence[str] = ("paths", "hydra")) -> list[dict[str, Any]]:
     """One row per run, best first: ``run``, the varying settings, ``best``/``final`` of
-    ``metric``, ``best_epoch``, ``status`` (``ok``, ``failed: <error>``, ``no <metric>``)."""
+    ``metric``, ``best_epoch``, ``status`` (``ok``, ``failed: <error>``, ``no <metric>``).
+    """
     settings = varying_settings(runs, ignore)
     rows = []
     for run, varying in zip(runs, settings, strict=True):

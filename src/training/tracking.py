@@ -64,7 +64,8 @@ def wandb_run_id_in(run_dir: str | Path) -> str | None:
 
 def run_dir_of_checkpoint(ckpt_path: str | Path | None, save_dir: str | Path) -> Path | None:
     """The run directory a resumed training comes from: ``save_dir`` for ``ckpt_path=last``
-    (Lightning looks in this run's ``checkpoints/``), else the folder above ``checkpoints/``."""
+    (Lightning looks in this run's ``checkpoints/``), else the folder above ``checkpoints/``.
+    """
     if ckpt_path in (None, ""):
         return None
     if str(ckpt_path) in ("last", "hpc"):
@@ -158,7 +159,8 @@ def make_wandb_logger(
 
 def finish_wandb_run(exit_code: int = 0) -> None:
     """Close the active W&B run of this process, if any (Lightning's logger leaves it open, and a
-    later ``WandbLogger`` in the same process, e.g. the next job of a sweep, would reuse it)."""
+    later ``WandbLogger`` in the same process, e.g. the next job of a sweep, would reuse it).
+    """
     import sys
 
     wandb = sys.modules.get("wandb")

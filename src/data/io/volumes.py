@@ -271,7 +271,8 @@ class MemoryOutput(VolumeOutput):
 
 class ZarrOutput(VolumeOutput):
     """A Zarr group with arrays ``labels`` and (optionally) ``probabilities``, chunked like the
-    prediction so that each process writes whole chunks only."""
+    prediction so that each process writes whole chunks only.
+    """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
         import zarr
@@ -343,7 +344,8 @@ def probabilities_path(path: Path) -> Path:
 
 class TiffOutput(VolumeOutput):
     """Uncompressed (Big)TIFFs ``path`` (labels) and ``<stem>_probs.tif`` (C, z, y, x), filled
-    through memory maps under hidden ``.partial`` names and renamed when complete."""
+    through memory maps under hidden ``.partial`` names and renamed when complete.
+    """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
         self.path = path
@@ -380,7 +382,8 @@ def create_output(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], n
                   attrs: dict | None = None) -> VolumeOutput:
     """A new output at ``path`` (``n_classes`` 0: labels only). A finished output already at
     ``path`` is replaced only when the new one is complete: TIFFs fill hidden partial files,
-    a Zarr store is staged at :func:`zarr_partial` and moved in place by ``finalize``."""
+    a Zarr store is staged at :func:`zarr_partial` and moved in place by ``finalize``.
+    """
     spec = {"shape": shape, "chunks": chunks, "n_classes": n_classes, "attrs": attrs or {}}
     if output_kind(path) == "tiff":
         return TiffOutput(path, spec)
