@@ -141,8 +141,9 @@ def label_consistency(
 
 
 def format_consistency_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
-    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, the gap, and
-    the oracle-bias mIoU when the rows have it.
+    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, and the gap.
+
+    The oracle-bias mIoU is added when the rows have it.
     """
     oracle = all("oracle" in r for r in rows)
     head = ["slice", "mIoU within", "mIoU across", "gap", *(["mIoU oracle bias"] if oracle else []),

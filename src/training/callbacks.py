@@ -14,17 +14,20 @@ from src.data.io.figures import panel_rgb, save_panel_png
 
 
 def orthogonal_slices(batch: np.ndarray) -> list[np.ndarray]:
-    """(n, z, y, x) patches → 3n planes: per sample its middle z (y, x), y (z, x) and x (z, y)
-    planes, in that order.
+    """(n, z, y, x) patches → 3n planes: per sample its middle z, y and x planes.
+
+    Per sample, in that order: the middle z (y, x), y (z, x) and x (z, y) planes.
     """
     _, z, y, x = batch.shape
     return [plane for b in batch for plane in (b[z // 2], b[:, y // 2], b[:, :, x // 2])]
 
 
 class PanelLogger(pl.Callback):
-    """Each validation epoch: a panel of the first validation batch, written to
-    ``<run>/panels/val_epoch<NNN>.png`` and sent to W&B (``val/panel``) / TensorBoard
-    (``val/panel_<i>``). Subclasses say which batch and outputs they keep and how they draw.
+    """Each validation epoch: a panel of the first validation batch, saved and logged.
+
+    The panel is written to ``<run>/panels/val_epoch<NNN>.png`` and sent to W&B (``val/panel``) /
+    TensorBoard (``val/panel_<i>``). Subclasses say which batch and outputs they keep and how they
+    draw.
 
     Args:
         n_samples: rows of the panel.
@@ -81,8 +84,9 @@ class PanelLogger(pl.Callback):
 
 
 class ValidationPanelLogger(PanelLogger):
-    """Each validation epoch: a panel (grey, truth, prediction) of the first validation batch,
-    sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
+    """Each validation epoch: a panel (grey, truth, prediction) of the first validation batch.
+
+    Sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
     For 3D patches each sample gives three rows: its middle slices along z, y and x
     (orthogonal planes). W&B receives ``wandb.Image`` objects with the prediction and the

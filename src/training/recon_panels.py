@@ -66,8 +66,9 @@ def save_recon_panel_png(
 
 
 class ReconstructionPanelLogger(PanelLogger):
-    """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch,
-    sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
+    """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch.
+
+    Sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
     Expects the validation step to return ``{"recon", "fbp"}`` and batches with ``"image"``.
 

@@ -72,8 +72,9 @@ def job_record(job_return: JobReturn, output_dir: Path, metric: str) -> dict[str
 
 
 def summary_rows(records: list[dict[str, Any]], mode: str = "max") -> list[dict[str, Any]]:
-    """Job records → table rows, best first: job, the overrides that differ between jobs, the
-    metric, status and error (failed jobs last).
+    """Job records → table rows, best first (failed jobs last).
+
+    Columns: job, the overrides that differ between jobs, the metric, status and error.
     """
     parsed = [parse_overrides(r["overrides"]) for r in records]
     keys = list(dict.fromkeys(k for p in parsed for k in p))
@@ -87,8 +88,10 @@ def summary_rows(records: list[dict[str, Any]], mode: str = "max") -> list[dict[
 
 
 def write_sweep_summary(sweep_dir: str | Path, mode: str = "max") -> list[dict[str, Any]]:
-    """Collect every ``job_result.json`` under ``sweep_dir``; write ``sweep_summary.csv`` and
-    ``.md`` there; return the rows (empty when no job left a record).
+    """Collect every ``job_result.json`` under ``sweep_dir`` into the sweep's summary.
+
+    Write ``sweep_summary.csv`` and ``.md`` there; return the rows (empty when no job left a
+    record).
     """
     import json
 

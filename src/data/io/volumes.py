@@ -270,8 +270,9 @@ class MemoryOutput(VolumeOutput):
 
 
 class ZarrOutput(VolumeOutput):
-    """A Zarr group with arrays ``labels`` and (optionally) ``probabilities``, chunked like the
-    prediction so that each process writes whole chunks only.
+    """A Zarr group with arrays ``labels`` and (optionally) ``probabilities``.
+
+    Chunked like the prediction so that each process writes whole chunks only.
     """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
@@ -343,8 +344,9 @@ def probabilities_path(path: Path) -> Path:
 
 
 class TiffOutput(VolumeOutput):
-    """Uncompressed (Big)TIFFs ``path`` (labels) and ``<stem>_probs.tif`` (C, z, y, x), filled
-    through memory maps under hidden ``.partial`` names and renamed when complete.
+    """Uncompressed (Big)TIFFs ``path`` (labels) and ``<stem>_probs.tif`` (C, z, y, x).
+
+    Filled through memory maps under hidden ``.partial`` names and renamed when complete.
     """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
@@ -380,9 +382,11 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 
 def create_output(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], n_classes: int,
                   attrs: dict | None = None) -> VolumeOutput:
-    """A new output at ``path`` (``n_classes`` 0: labels only). A finished output already at
-    ``path`` is replaced only when the new one is complete: TIFFs fill hidden partial files,
-    a Zarr store is staged at :func:`zarr_partial` and moved in place by ``finalize``.
+    """A new output at ``path`` (``n_classes`` 0: labels only).
+
+    A finished output already at ``path`` is replaced only when the new one is complete: TIFFs
+    fill hidden partial files, a Zarr store is staged at :func:`zarr_partial` and moved in place
+    by ``finalize``.
     """
     spec = {"shape": shape, "chunks": chunks, "n_classes": n_classes, "attrs": attrs or {}}
     if output_kind(path) == "tiff":
