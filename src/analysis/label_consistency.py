@@ -32,8 +32,13 @@ from src.analysis.metrics import confusion_matrix, scores_from_confusion
 class Segmenter(Protocol):
     """What the label studies fit and apply: ``fit(images, labels)``, then ``predict(image)``."""
 
-    def fit(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Any: ...
-    def predict(self, image: np.ndarray) -> np.ndarray: ...
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Any:
+        """Fit the segmenter on the images and their label maps."""
+        ...
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """uint8 labels of ``image``."""
+        ...
 
 
 def _default_segmenter() -> Segmenter:

@@ -140,6 +140,7 @@ class SweepSummary(Callback):
         self.mode = mode
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """In a multirun, write the job's record (``job_result.json``) to its output folder."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -153,4 +154,5 @@ class SweepSummary(Callback):
         write_json(output_dir / JOB_RESULT, to_jsonable(job_record(job_return, output_dir, metric)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the sweep's summary table (CSV and Markdown) to the sweep folder."""
         write_sweep_summary(config.hydra.sweep.dir, self.mode)

@@ -55,12 +55,15 @@ class VolumeSource:
 
     @property
     def ndim(self) -> int:
+        """Number of axes: 3 for (z, y, x), 2 for (y, x)."""
         return len(self.shape)
 
     def read(self, region: Region) -> np.ndarray:
+        """The numpy array of ``region`` (a tuple of slices)."""
         return np.asarray(self._reader(region))
 
     def close(self) -> None:
+        """Close the underlying file, if any; later calls do nothing."""
         if self._closer is not None:
             self._closer()
             self._closer = None
@@ -249,6 +252,7 @@ class VolumeOutput:
     probabilities: Any
 
     def write(self, region: Region, labels: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Write ``region``'s ``labels`` and, when kept, ``probabilities`` (C, ...); then flush."""
         self.labels[region] = labels
         if probabilities is not None and self.probabilities is not None:
             self.probabilities[(slice(None), *region)] = probabilities
@@ -293,6 +297,7 @@ class ZarrOutput(VolumeOutput):
         self.probabilities = group["probabilities"] if "probabilities" in group else None
 
     def finalize(self) -> None:
+        """Mark the group complete and move a staged replacement to its final path."""
         self.group.attrs["complete"] = True
         final = self.group.attrs.get("final_path")
         if final and Path(final) != self.path:  # a replacement staged beside the old output
@@ -366,6 +371,7 @@ class TiffOutput(VolumeOutput):
         self.probabilities = _MappedTiff(self.files[1][0]) if len(self.files) > 1 else None
 
     def finalize(self) -> None:
+        """Rename the hidden partial TIFFs to their final names."""
         for partial, final in self.files:
             os.replace(partial, final)
 
