@@ -100,9 +100,10 @@ def _region(path: Path, dataset: str | None, kind: str, block_info: Any = None) 
 
 
 def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[int, ...] = 128) -> Any:
-    """A (z, y, x) volume as a lazy dask array: TIFF, Zarr, HDF5 (``dataset`` or ``file.h5:/key``)
-    or ``.npy``. Each block opens the file by its path, so the array also runs on a
-    ``distributed`` cluster.
+    """A (z, y, x) volume as a lazy dask array: TIFF, Zarr, HDF5 or ``.npy``.
+
+    HDF5 by ``dataset`` or as ``file.h5:/key``. Each block opens the file by its path, so the
+    array also runs on a ``distributed`` cluster.
 
     Args:
         path: the file (or ``.zarr`` folder).
@@ -132,9 +133,11 @@ def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[
 
 @contextlib.contextmanager
 def connect(cluster: str | None, timeout_s: float = 10.0) -> Iterator[Any]:
-    """A ``distributed.Client`` on the scheduler at ``cluster`` for the ``with`` block (None:
-    dask's threads, no client). Raises ``ConnectionError`` naming the address when it does not
-    answer within ``timeout_s``."""
+    """A ``distributed.Client`` on the scheduler at ``cluster`` for the ``with`` block.
+
+    None: dask's threads, no client. Raises ``ConnectionError`` naming the address when it does
+    not answer within ``timeout_s``.
+    """
     if not cluster:
         yield None
         return
@@ -294,9 +297,11 @@ def _slab_components(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
-    """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks:
-    each z-slab is labelled on its own, then the labels that touch across slab faces are joined
-    (a graph's connected components); only the slabs' sizes and face planes are kept."""
+    """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks.
+
+    Each z-slab is labelled on its own, then the labels that touch across slab faces are joined
+    (a graph's connected components); only the slabs' sizes and face planes are kept.
+    """
     import dask
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

@@ -676,8 +676,11 @@ def plot_evolution(path: Path, result: Mapping[str, Any], columns: Sequence[str]
 
 
 def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> None:
-    """PNG: particle size distributions (volume-weighted and cumulative by number), pore local
-    thickness and tracked volume changes, one curve per state coloured by ``x_axis``."""
+    """PNG: particle size distributions, pore local thickness and tracked volume changes.
+
+    Particle sizes volume-weighted and cumulative by number; one curve per state coloured by
+    ``x_axis``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -117,8 +117,11 @@ def _phase_surface_task(args: tuple[np.ndarray, int, int, float]) -> PhaseSurfac
 def surface_table(
     surfaces: Sequence[PhaseSurface], counts: np.ndarray, class_names: Sequence[str], voxel_um: float
 ) -> dict[str, Any]:
-    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface` (voxel
-    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume)."""
+    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface`.
+
+    The surfaces are in voxel units; ``counts`` are the voxels per phase (e.g. summed over the
+    slabs of a large volume).
+    """
     n = len(class_names)
     total_um3 = float(np.sum(counts)) * voxel_um**3
     area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
@@ -235,8 +238,10 @@ def absent_phase_notes(
     fractions: Mapping[str, float], particle_phase: str | None, tortuosity_phases: Sequence[str],
     thickness_phases: Sequence[str],
 ) -> list[str]:
-    """One message per statistic that a phase absent from the volume leaves undefined (its
-    values are then NaN or inf for that reason, said in the log and in ``stats.json``)."""
+    """One message per statistic that a phase absent from the volume leaves undefined.
+
+    Its values are then NaN or inf for that reason, said in the log and in ``stats.json``.
+    """
     notes = []
     for name, fraction in fractions.items():
         if fraction > 0:

@@ -62,8 +62,11 @@ def percolating_fraction(mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) ->
 
 
 def through_clusters(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Voxels of ``mask`` (bool (z, y, x)) in 6-connected clusters that touch both faces of
-    ``axis``: the part of the phase that carries a flux along it. Bool, like ``mask``."""
+    """Voxels of ``mask`` in 6-connected clusters that touch both faces of ``axis``.
+
+    ``mask``: bool (z, y, x). The result is the part of the phase that carries a flux along
+    ``axis``; bool, like ``mask``.
+    """
     clusters, n = ndimage.label(mask)
     first = np.unique(np.take(clusters, 0, axis=axis))
     last = np.unique(np.take(clusters, -1, axis=axis))
@@ -74,9 +77,11 @@ def through_clusters(mask: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-    """The finite-volume system ``A c = b`` on the voxels of ``keep`` (bool, axis 0 = flow):
-    face concentrations 0 (first layer) and 1 (last layer). Returns ``A`` (CSR, float32), ``b``
-    and the unknown indices of the first and last layers."""
+    """The finite-volume system ``A c = b`` on the voxels of ``keep`` (bool, axis 0 = flow).
+
+    Face concentrations 0 (first layer) and 1 (last layer). Returns ``A`` (CSR, float32), ``b``
+    and the unknown indices of the first and last layers.
+    """
     n = int(keep.sum())
     index = np.full(keep.shape, -1, np.int32 if n < 2**31 - 1 else np.int64)
     index[keep] = np.arange(n, dtype=index.dtype)
@@ -104,8 +109,10 @@ def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray,
 
 def _tortuosity_amg(mask: np.ndarray, keep: np.ndarray, rtol: float, iter_limit: int,
                     conv_crit: float) -> dict:
-    """τ along axis 0 of ``mask`` by AMG-preconditioned CG on its through-clusters ``keep``
-    (see the module doc)."""
+    """τ along axis 0 of ``mask`` by AMG-preconditioned CG on its through-clusters ``keep``.
+
+    See the module doc.
+    """
     try:
         import pyamg
     except ImportError as exc:
@@ -218,8 +225,10 @@ def tortuosity_many(
     tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None,
     min_parallel_voxels: int = 100**3, on_done: Callable[[], Any] | None = None, **kwargs: Any,
 ) -> list[dict[str, float | bool | int]]:
-    """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes on
-    the CPU (each solve is single-threaded) when there are several large ones.
+    """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes.
+
+    The processes run on the CPU (each solve is single-threaded) when there are several large
+    ones.
 
     Args:
         tasks: ``(mask, axis)`` pairs, masks bool (z, y, x).

@@ -204,8 +204,10 @@ def varying_settings(runs: Sequence[Run], ignore: Sequence[str] = ("paths", "hyd
 
 
 def format_setting(value: Any) -> str:
-    """Settings for a table: floats (also as override strings such as ``0.000430201820``) to 4
-    significant digits, None as ``-``."""
+    """Format a setting for a table: floats to 4 significant digits, None as ``-``.
+
+    Floats also when given as override strings such as ``0.000430201820``.
+    """
     if value is None:
         return "-"
     if isinstance(value, str) and len(value) > 8 and any(c in value for c in ".e"):
@@ -240,8 +242,11 @@ def sort_key(value: float, mode: str) -> tuple[int, float]:
 
 def comparison_rows(runs: Sequence[Run], metric: str, mode: str = "max",
                     ignore: Sequence[str] = ("paths", "hydra")) -> list[dict[str, Any]]:
-    """One row per run, best first: ``run``, the varying settings, ``best``/``final`` of
-    ``metric``, ``best_epoch``, ``status`` (``ok``, ``failed: <error>``, ``no <metric>``)."""
+    """One row per run, best first: the varying settings and the best/final ``metric``.
+
+    Columns: ``run``, the varying settings, ``best``/``final`` of ``metric``, ``best_epoch``,
+    ``status`` (``ok``, ``failed: <error>``, ``no <metric>``).
+    """
     settings = varying_settings(runs, ignore)
     rows = []
     for run, varying in zip(runs, settings, strict=True):
