@@ -42,7 +42,7 @@ class Segmenter(Protocol):
 
 
 def _default_segmenter() -> Segmenter:
-    from src.analysis.baselines import RandomForestSegmenter
+    from src.analysis.segmenters import RandomForestSegmenter
 
     return RandomForestSegmenter()
 

@@ -1,4 +1,4 @@
-"""Classical segmentation baselines that the learned models are compared against.
+"""Classical segmenters (multi-Otsu, k-means, random forest): the baselines the learned models are compared against.
 
 Each baseline is also a *segmenter* with one interface, so ``evaluate.py method=...`` runs any
 of them like a checkpoint: ``fit(images, labels)`` (a no-op for the unsupervised ones) and
