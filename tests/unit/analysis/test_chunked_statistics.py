@@ -58,13 +58,12 @@ def test_chunked_equals_in_memory_on_threads(volume, tmp_path):
     assert rev["tortuosity_factor"][-1] == pytest.approx(tortuosity_factor(cube, 0)["tortuosity_factor"])
 
 
-@pytest.mark.slow
 def test_chunked_equals_in_memory_on_a_local_cluster(volume, tmp_path):
     distributed = pytest.importorskip("distributed")
     labels, path = volume
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=16, rev_phases=[],
+        stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=24, rev_phases=[],
                                    thickness_phases=[], cluster=cluster.scheduler_address)
     _check(labels, stats)
 
