@@ -93,21 +93,21 @@ def test_data_exchange_with_input_and_output_only(sim, dx_file, tmp_path):
 
 
 def test_center_auto_within_half_a_pixel_and_tilt_fit(tmp_path):
-    import reconstruct
+    from src.inference.scan_reconstruction import ReconstructionSettings, auto_center
 
     for true in (29.6, 36.75):
         scan_sim = _simulate(3, [true] * 3, seed=11)
         path = _write_dx(tmp_path / f"c{true}.h5", scan_sim)
         cfg = compose("reconstruct", [f"input={path}", f"output={tmp_path / 'x.tif'}"])
         with open_scan(path) as scan:
-            centers, info = reconstruct.auto_center(scan, scan.theta, 0, 3, cfg)
+            centers, info = auto_center(scan, scan.theta, 0, 3, ReconstructionSettings.from_config(cfg))
         assert np.all(np.abs(centers - true) <= 0.5), info
     tilted = [30.0 + 0.5 * r for r in range(6)]  # a tilted axis: 0.5 column per row
     path = _write_dx(tmp_path / "tilt.h5", _simulate(6, tilted, seed=3))
     cfg = compose("reconstruct", [f"input={path}", f"output={tmp_path / 'x.tif'}",
                                   "center_fit=tilt", "center_rows=6"])
     with open_scan(path) as scan:
-        centers, info = reconstruct.auto_center(scan, scan.theta, 0, 6, cfg)
+        centers, info = auto_center(scan, scan.theta, 0, 6, ReconstructionSettings.from_config(cfg))
     assert info["fit"] == "tilt" and abs(info["slope_px_per_row"] - 0.5) < 0.15, info
     assert np.abs(centers - np.asarray(tilted)).max() <= 0.6, (centers, info)
 
@@ -121,14 +121,14 @@ def test_center_scan_writes_png(dx_file, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".tif", ".h5", ".zarr"])
 def test_overrides_and_resume_after_a_kill(sim, dx_file, tmp_path, monkeypatch, suffix):
-    import reconstruct
+    from src.inference import scan_reconstruction
 
     np.savetxt(tmp_path / "theta.txt", sim["theta_deg"])
     common = [f"input={dx_file}", f"theta={tmp_path / 'theta.txt'}", "theta_unit=deg",
               f"center={CENTER}", "batch_size=1"]
     whole = np.array(run([*common, f"output={tmp_path / 'whole.tif'}"]))
     calls = {"n": 0}
-    real = reconstruct.recon
+    real = scan_reconstruction.recon
 
     def dies_on_third_block(*args, **kwargs):
         calls["n"] += 1
@@ -136,7 +136,7 @@ def test_overrides_and_resume_after_a_kill(sim, dx_file, tmp_path, monkeypatch, 
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reconstruct, "recon", dies_on_third_block)
+    monkeypatch.setattr(scan_reconstruction, "recon", dies_on_third_block)
     out = tmp_path / f"resumed{suffix}"
     state = tmp_path / f".resumed{suffix}.partial.json"
     with pytest.raises(KeyboardInterrupt):
