@@ -9,8 +9,14 @@ peak resident memory of the process (``ru_maxrss``, imports and data included) a
 against the phantom (data range of the phantom). Iterative algorithms are reported per
 iteration as well. Cases alternate ours / ASTRA so that both see the same machine load.
 
+``gridrec`` cases (the NUFFT Fourier method, :mod:`src.recon.gridrec`) are timed against our FBP
+(one more child, same data) and ASTRA's CPU FBP; the last two columns give our FBP's time and
+gridrec / our FBP. ``--device cuda`` runs ours on a GPU and prints the card in the header (ASTRA
+stays on the CPU; gridrec is CPU only and is skipped there).
+
     PYTHONPATH=. python benchmarks/recon_operators.py [--cases 1024:360:8:fbp ...] [--repeat 3]
-        [--threads N]
+        [--threads N] [--device cpu|cuda]
+    PYTHONPATH=. python benchmarks/recon_operators.py --cases 1024:360:8:gridrec 2048:1500:2:gridrec
 
 ``--small`` instead times one projection + backprojection of a batch of 8 at the learned nets'
 sizes, stored CSR weights (``cache=True``) against matrix-free (``cache=False``): the measurement
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -59,10 +66,13 @@ def _child(spec: dict) -> dict:
     tomo = project(ph, theta, pad=False)  # (angles, slices, n), ours; not timed
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     times, rec = [], None
+    device = spec.get("device", "cpu") if spec["backend"] == "torch" else "cpu"
     for _ in range(spec["repeat"]):
         t0 = time.perf_counter()
         rec = recon(tomo, theta, algorithm=spec["algorithm"], backend=spec["backend"],
-                    num_iter=spec["num_iter"])
+                    num_iter=spec["num_iter"], device=device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     yy, xx = np.mgrid[:n, :n] + 0.5 - n / 2
@@ -103,6 +113,17 @@ def _small(repeat: int) -> None:
               f"{row[0] / row[1]:6.2f} {1e3 * build:9.0f}", flush=True)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _run(spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -114,10 +135,11 @@ def _run(spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
-                        help="COLUMNS:ANGLES:SLICES:ALGORITHM[:ITERATIONS] (fbp, sirt, cgls)")
+                        help="COLUMNS:ANGLES:SLICES:ALGORITHM[:ITERATIONS] (fbp, gridrec, sirt, cgls)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for ours (0: default)")
     parser.add_argument("--no-astra", action="store_true")
+    parser.add_argument("--device", default="cpu", help="ours on cpu or cuda (ASTRA: CPU)")
     parser.add_argument("--small", action="store_true",
                         help="stored vs matrix-free operator at the learned nets' sizes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -134,24 +156,37 @@ def main() -> None:
     from src.recon.operators import numba_available
 
     has_astra = astra_available() and not args.no_astra
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__} "
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
+    card = (f"GPU {torch.cuda.get_device_name(torch.device(args.device))} (CUDA "
+            f"{torch.version.cuda}), ours on it" if on_gpu else "no GPU used")
+    print(f"{_cpu_name()}, torch {torch.__version__} "
           f"({args.threads or torch.get_num_threads()} threads), kernel "
-          f"{'numba' if numba_available() else 'torch'}; ASTRA "
+          f"{'torch (CUDA)' if on_gpu else 'numba' if numba_available() else 'torch'}; {card}; ASTRA "
           f"{'2D CPU (one thread)' if has_astra else 'not run'}; {time.strftime('%Y-%m-%d')}")
     header = (f"{'cols x angles x slices':>22} {'algo':>8} {'ours s':>8} {'astra s':>8} "
               f"{'ratio':>6} {'ours/it':>8} {'astra/it':>8} {'ours 1st':>8} {'RSS ours':>8} "
-              f"{'RSS astra':>9} {'PSNR ours':>9} {'PSNR astra':>10}")
+              f"{'RSS astra':>9} {'PSNR ours':>9} {'PSNR astra':>10} {'our fbp s':>9} {'vs fbp':>6}")
     print(header)
     print("-" * len(header))
     for case in args.cases:
         parts = case.split(":")
         n, n_angles, slices = (int(v) for v in parts[:3])
         algorithm = parts[3] if len(parts) > 3 else "fbp"
-        n_iter = int(parts[4]) if len(parts) > 4 else (None if algorithm == "fbp" else 10)
+        n_iter = int(parts[4]) if len(parts) > 4 else (None if algorithm in ("fbp", "gridrec") else 10)
         spec = {"n": n, "angles": n_angles, "slices": slices, "algorithm": algorithm,
-                "num_iter": n_iter, "repeat": args.repeat, "threads": args.threads}
+                "num_iter": n_iter, "repeat": args.repeat, "threads": args.threads,
+                "device": args.device}
+        if algorithm == "gridrec" and on_gpu:
+            print(f"{case}: skipped (gridrec runs on the CPU)")
+            continue
         ours = _run({**spec, "backend": "torch"})
-        astra = _run({**spec, "backend": "astra", "repeat": 1 if n >= 2048 else args.repeat,
+        peer = "fbp" if algorithm == "gridrec" else algorithm  # ASTRA has no gridrec
+        our_fbp = _run({**spec, "backend": "torch", "algorithm": "fbp",
+                        "repeat": 1 if n >= 2048 else args.repeat}) if algorithm == "gridrec" else None
+        astra = _run({**spec, "backend": "astra", "algorithm": peer,
+                      "repeat": 1 if n >= 2048 else args.repeat,
                       "threads": 0}) if has_astra else None
         it = n_iter or 1
         a_t = f"{astra['median']:8.2f}" if astra else f"{'-':>8}"
@@ -160,9 +195,12 @@ def main() -> None:
         o_it = f"{ours['median'] / it:8.3f}" if n_iter else f"{'':>8}"
         a_rss = f"{astra['peak_gib']:8.2f}G" if astra else f"{'-':>9}"
         a_q = f"{astra['psnr']:10.2f}" if astra else f"{'-':>10}"
+        f_t = f"{our_fbp['median']:9.2f}" if our_fbp else f"{'':>9}"
+        f_ratio = f"{ours['median'] / our_fbp['median']:6.2f}" if our_fbp else f"{'':>6}"
         print(f"{f'{n} x {n_angles} x {slices}':>22} {algorithm + (str(n_iter) if n_iter else ''):>8} "
               f"{ours['median']:8.2f} {a_t} {ratio} {o_it} {a_it} {ours['first']:8.2f} "
-              f"{ours['peak_gib']:7.2f}G {a_rss} {ours['psnr']:9.2f} {a_q}", flush=True)
+              f"{ours['peak_gib']:7.2f}G {a_rss} {ours['psnr']:9.2f} {a_q} {f_t} {f_ratio}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from src.recon.operators import ParallelBeamProjector
 __all__ = ["ALGORITHMS", "BACKENDS", "FILTERS", "check_projections", "fbp", "filter_response", "filter_sinogram", "recon"]
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
-ALGORITHMS = ("fbp", "sirt", "cgls", "tv")
+ALGORITHMS = ("fbp", "gridrec", "sirt", "cgls", "tv")
 BACKENDS = ("torch", "astra", "tomopy")
 DEFAULT_NUM_ITER = {"sirt": 50, "cgls": 20, "tv": 200}
 
@@ -143,7 +143,9 @@ def recon(
         theta: angles, radians, covering ``[0, pi)`` for FBP.
         center: detector column of the rotation axis (default ``cols / 2``), one value or one
             per row.
-        algorithm: one of :data:`ALGORITHMS` (``"tv"`` is :func:`~src.recon.iterative.tv_pdhg`).
+        algorithm: one of :data:`ALGORITHMS` (``"tv"`` is :func:`~src.recon.iterative.tv_pdhg`,
+            ``"gridrec"`` the NUFFT Fourier method of :func:`~src.recon.gridrec.gridrec`: CPU,
+            needs ``finufft``; kwargs ``pad``, ``eps``).
         backend: ``"torch"`` (ours), ``"astra"`` (ASTRA 2D CPU: fbp/sirt/cgls) or ``"tomopy"``
             (if importable).
         num_iter: iterations of the iterative algorithms (default :data:`DEFAULT_NUM_ITER`).
@@ -181,6 +183,16 @@ def recon(
                                                  num_iter, filter_name, **kwargs)
         return out
     out = np.empty((rows, cols, cols), dtype=np.float32)
+    if algorithm == "gridrec":
+        from src.recon.gridrec import gridrec
+
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"algorithm=gridrec runs on the CPU (finufft), not device={device}; "
+                             "use algorithm=fbp on a GPU")
+        for z in range(0, rows, chunk):
+            sino = tomo[:, z:z + chunk].transpose(1, 0, 2)
+            out[z:z + chunk] = gridrec(sino, theta, centers[z:z + chunk], filter_name, **kwargs)
+        return out
     with torch.no_grad():
         for c in np.unique(centers):
             idx = np.flatnonzero(centers == c)
