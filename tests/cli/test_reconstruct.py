@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from src.data.io import ImageReadError, read_image, write_tiff
+from src.recon.fbp import recon
 from src.recon.operators import project
 from src.simulation.sinograms import attenuation_unit, random_ellipses
 from tests.helpers import compose, recon_overrides
@@ -72,6 +73,17 @@ def test_fbp_with_flat_dark(scan, tmp_path):
     # the scale is attenuation per voxel: a least-squares fit to the truth is close to 1
     scale = float((vol * scan["truth"]).sum() / (vol * vol).sum())
     assert 0.8 < scale < 1.25
+
+
+def test_gridrec_matches_fbp(scan, tmp_path):
+    pytest.importorskip("finufft", reason="algorithm=gridrec needs finufft (the recon extra)")
+    common = [f"input={scan['tomo']}", f"flat={scan['flat']}", f"dark={scan['dark']}",
+              "theta=even", "center=16.4", "progress=false"]
+    grid = run([*common, "algorithm=gridrec", f"output={tmp_path / 'grid.tif'}"])
+    # FBP of the noiseless line integrals, same centre
+    ref = recon(np.load(scan["line"]), np.linspace(0, np.pi, ANGLES, endpoint=False), center=16.4)
+    assert grid.shape == (ROWS, SIZE, SIZE)
+    assert _corr(grid, ref) > 0.95 and _corr(grid, scan["truth"]) > 0.85
 
 
 def test_sirt_from_line_integrals_npy_with_rows_and_rings(scan, tmp_path):
