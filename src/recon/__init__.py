@@ -1,7 +1,7 @@
-"""Tomographic reconstruction: operators, FBP, iterative solvers and external backends.
+"""Tomographic reconstruction: operators, FBP, gridrec, iterative solvers and external backends.
 
-Parallel-beam operators, FBP, iterative solvers, preprocessing, rotation-centre finding and
-external backends (ASTRA, tomopy), with tomopy-like helpers.
+Parallel-beam operators, FBP, gridrec (NUFFT), iterative solvers, preprocessing, rotation-centre
+finding and external backends (ASTRA, tomopy), with tomopy-like helpers.
 """
 
 from src.recon.centre import find_center, find_center_pc, find_center_vo
@@ -15,6 +15,7 @@ from src.recon.fbp import (
     filter_sinogram,
     recon,
 )
+from src.recon.gridrec import gridrec
 from src.recon.iterative import cgls, operator_norm, sirt, tv_pdhg
 from src.recon.operators import (
     ParallelBeamProjector,
@@ -46,6 +47,7 @@ __all__ = [
     "find_center",
     "find_center_pc",
     "find_center_vo",
+    "gridrec",
     "minus_log",
     "normalize",
     "numba_available",

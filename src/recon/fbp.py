@@ -16,49 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.recon.filters import FILTERS, filter_response, padded_size
 from src.recon.operators import ParallelBeamProjector
 
 __all__ = ["ALGORITHMS", "BACKENDS", "FILTERS", "check_projections", "fbp", "filter_response", "filter_sinogram", "recon"]
 
-FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 ALGORITHMS = ("fbp", "gridrec", "sirt", "cgls", "tv")
 BACKENDS = ("torch", "astra", "tomopy")
 DEFAULT_NUM_ITER = {"sirt": 50, "cgls": 20, "tv": 200}
 
 
-def _padded_size(n_det: int, pad: bool) -> int:
-    return int(2 ** np.ceil(np.log2(2 * n_det))) if pad else n_det
-
-
-def filter_response(
-    n: int, filter_name: str = "ramp", dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
-) -> Tensor:
-    """Real frequency response ``(n // 2 + 1,)`` (rfft layout) of the windowed ramp filter."""
-    name = filter_name.lower()
-    if name not in FILTERS:
-        raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
-    k = np.fft.fftfreq(n) * n  # signed integer offsets in FFT order
-    kernel = np.zeros(n)
-    kernel[0] = 0.25
-    odd = (k.astype(int) % 2) == 1
-    kernel[odd] = -1.0 / (np.pi * k[odd]) ** 2
-    response = np.fft.rfft(kernel).real
-    f = np.fft.rfftfreq(n)  # cycles per detector pixel, 0 .. 0.5
-    window = {
-        "ramp": np.ones_like(f),
-        "shepp-logan": np.sinc(f),
-        "cosine": np.cos(np.pi * f),
-        "hamming": 0.54 + 0.46 * np.cos(2 * np.pi * f),
-        "hann": 0.5 + 0.5 * np.cos(2 * np.pi * f),
-    }[name]
-    return torch.as_tensor(response * window, dtype=dtype, device=device)
-
-
 def filter_sinogram(sino: Tensor, filter_name: str = "ramp", pad: bool = True) -> Tensor:
     """Convolve each projection row of ``sino`` ``(..., n_det)`` with the windowed ramp kernel."""
     n_det = sino.shape[-1]
-    n = _padded_size(n_det, pad)
+    n = padded_size(n_det, pad)
     real_dtype = sino.dtype
     response = filter_response(n, filter_name, dtype=real_dtype, device=sino.device)
     spectrum = torch.fft.rfft(sino, n=n, dim=-1) * response

@@ -5,7 +5,7 @@ Same geometry, centre convention, filters and scale as :func:`src.recon.fbp.fbp`
 :mod:`src.recon.operators`): a ray at angle ``theta`` collects ``t = x cos(theta) - y sin(theta)``
 and detector bin ``d`` has its centre at ``t = d + 0.5 - center``. Each projection row is
 zero-padded to ``n`` (the next power of two >= ``2 n_det``), Fourier transformed and multiplied by
-the filter response of :func:`~src.recon.fbp.filter_response`. FBP then samples the filtered row
+the filter response of :func:`~src.recon.filters.filter_response`. FBP then samples the filtered row
 at every pixel by linear interpolation; here the band-limited filtered row is summed exactly:
 
 ``f(x, y) = pi / A * Re sum_a sum_k w_k c_{a,k} exp(2 pi i (k / n) (x cos(theta_a) - y sin(theta_a)))``
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.fft
 
-from src.recon.fbp import _padded_size, filter_response
+from src.recon.filters import filter_response, padded_size
 
 __all__ = ["finufft_available", "gridrec"]
 
@@ -70,7 +70,7 @@ def gridrec(
         theta: ``A`` angles, radians.
         center: detector column of the rotation axis (default ``n_det / 2``), one value or one
             per sinogram.
-        filter_name: one of :data:`src.recon.fbp.FILTERS`.
+        filter_name: one of :data:`src.recon.filters.FILTERS`.
         pad: zero-pad the rows to the next power of two >= ``2 n_det`` before filtering.
         eps: NUFFT relative tolerance (float32 arithmetic for ``eps >= 1e-6``, else float64).
         image_shape: ``(H, W)`` of the slices (default ``(n_det, n_det)``).
@@ -104,7 +104,7 @@ def gridrec(
     single = eps >= 1e-6
     real_t, cplx_t = (np.float32, np.complex64) if single else (np.float64, np.complex128)
 
-    n = _padded_size(n_det, pad)
+    n = padded_size(n_det, pad)
     k = np.arange(n // 2 + 1, dtype=np.float64)
     response = filter_response(n, filter_name).numpy()  # (n//2 + 1,), float64
     weight = np.full(k.size, 2.0)
