@@ -6,7 +6,7 @@ Same geometry, centre convention, filters and scale as :func:`src.recon.fbp.fbp`
 and detector bin ``d`` has its centre at ``t = d + 0.5 - center``. Each projection row is
 zero-padded to ``n`` (the next power of two >= ``2 n_det``), Fourier transformed and multiplied by
 the filter response of :func:`~src.recon.filters.filter_response`. FBP then samples the filtered row
-at every pixel by linear interpolation; here the band-limited filtered row is summed exactly:
+at every pixel through the operator's adjoint (interpolating footprint weights); here the band-limited filtered row is summed exactly:
 
 ``f(x, y) = pi / A * Re sum_a sum_k w_k c_{a,k} exp(2 pi i (k / n) (x cos(theta_a) - y sin(theta_a)))``
 
