@@ -55,6 +55,7 @@ from src.simulation.imaging import (
 )
 from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
 from src.xanes.edge import EdgeRanges, half_jump_energy, load_spectrum, normalize_spectra
+from src.xanes.references import builtin_reference_dir
 
 __all__ = [
     "DEFAULT_REFERENCE_DIR",
@@ -72,7 +73,8 @@ __all__ = [
     "write_xanes_sample",
 ]
 
-DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xanes"
+#: the shipped end-members (package data of src.xanes: a fresh install has them)
+DEFAULT_REFERENCE_DIR = builtin_reference_dir()
 #: edge-analysis ranges matching :func:`default_energies` (relative to e0 = 8346 eV)
 SIMULATION_RANGES = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0), post_order=1,
                                edge=(-12.0, 12.0), white_line=(-2.0, 14.0))
@@ -122,12 +124,12 @@ def _half_max_crossing(energies: np.ndarray, mu: np.ndarray) -> float:
 
 
 def load_end_members(
-    reference_dir: str | Path = DEFAULT_REFERENCE_DIR, edge_discharged_eV: float = 8346.0,
+    reference_dir: str | Path | None = DEFAULT_REFERENCE_DIR, edge_discharged_eV: float = 8346.0,
     edge_charged_eV: float = 8348.5, step_eV: float = 0.05,
 ) -> EndMembers:
     """``ref_NiO.txt`` / ``ref_LiNiO2.txt`` shifted to the NMC half-maximum anchors, on a
     ``step_eV`` grid over their common range."""
-    ref = Path(reference_dir)
+    ref = Path(reference_dir or DEFAULT_REFERENCE_DIR)
     files = [ref / "ref_NiO.txt", ref / "ref_LiNiO2.txt"]
     for f in files:
         if not f.exists():
@@ -148,7 +150,7 @@ class XanesSimConfig:
     """Chemistry, spectra and dose of the XANES simulation (absorption per voxel, 1/voxel)."""
 
     energies: tuple[float, ...] | None = None  # eV; None: default_energies()
-    reference_dir: str = str(DEFAULT_REFERENCE_DIR)
+    reference_dir: str | None = str(DEFAULT_REFERENCE_DIR)  # None: the shipped end-members
     edge_discharged_eV: float = 8346.0  # half of the maximum, discharged NMC
     edge_charged_eV: float = 8348.5  # half of the maximum, charged NMC
     soc_mean: float = 0.5
