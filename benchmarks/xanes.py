@@ -232,6 +232,7 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     from hydra.utils import instantiate
 
     from src.config import compose_config
+    from src.inference.xanes_maps import apply_xanes_module
     from src.models.checkpoint import load_xanes_checkpoint
     from train import train
 
@@ -261,11 +262,10 @@ def part_cnn(ref_dir: Path, minutes: float, out_dir: Path, figure: Path | None) 
     fit_cfg = XanesAnalysisConfig(ranges=SIMULATION_RANGES)
     sparse_cfg = XanesAnalysisConfig(ranges=SIMULATION_RANGES, smooth_points=0)
     basis_net = _spectral_basis_only(net_a, dm_a)
+    cnn_b = apply_xanes_module(net_b, vol_b["input"])  # the library's application (as xanes.py ckpt_path=)
+    den = apply_xanes_module(net_a, vol_a["input"])
     with torch.no_grad():
-        x_b = torch.from_numpy(vol_b["input"].transpose(1, 0, 2, 3) / dm_b.hparams.input_scale).float()
-        cnn_b = net_b.net.to_eV(net_b(x_b))[:, 0].numpy()
         x_a = torch.from_numpy(vol_a["input"].transpose(1, 0, 2, 3) / dm_a.hparams.input_scale).float()
-        den = (net_a(x_a).numpy() * dm_a.hparams.input_scale).transpose(1, 0, 2, 3)
         proj = (basis_net(x_a).numpy() * dm_a.hparams.input_scale).transpose(1, 0, 2, 3) if basis_net else None
     results = {}
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from src.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from src.models.checkpoint import CheckpointError, checkpoint_kind, load_checkpoint
 from src.models.spectral import XanesModule
 from src.xanes.pipeline import NetOutput, run_stack
 
@@ -101,8 +101,12 @@ def xanes_net(ckpt_path: str | Path, device: str = "cpu") -> Callable[[np.ndarra
             one is named as such), or (when applied) the scan lacks the net's energies.
     """
     path = Path(ckpt_path)
-    ckpt = read_checkpoint(path)
-    kind = ckpt.get("kind")
+    try:
+        kind = checkpoint_kind(path)
+    except CheckpointError as err:
+        if isinstance(err, FileNotFoundError) or "cannot be read" in str(err):
+            raise
+        kind = None
     if kind not in (None, XanesModule.kind):
         raise CheckpointError(f"ckpt_path {path}: a {kind} checkpoint, not a XANES model (a denoiser or "
                               "edge-energy net trained with experiment=xanes_denoiser / xanes_edge)")

@@ -505,6 +505,8 @@ def write_outputs(
     out = Path(output_dir)
     written: dict[str, Path] = {}
     for k, v in maps.items():
+        if v.ndim < 2:  # point spectra: their values are the rows of the table
+            continue
         written[f"map_{k}"] = out / "maps" / f"{k}.tif"
         write_tiff(written[f"map_{k}"], v)
     if rows:

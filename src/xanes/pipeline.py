@@ -82,7 +82,12 @@ def load_inputs(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str] | No
     """``(energies, stack, spectrum_names)``: a spectral stack with its energy list, or a table
     of point spectra (``input`` a CSV/TXT or a folder of two-column files, ``energies`` null) as
     an ``(E, N)`` stack with the spectra's names."""
-    from src.data.io.spectra import is_spectra_table, read_energies, read_spectra_table, read_spectral_stack
+    from src.data.io.spectra import (
+        is_spectra_table,
+        read_energies,
+        read_spectra_table,
+        read_spectral_stack,
+    )
 
     if cfg.get("input") in (None, "", "???"):
         raise ValueError("xanes: give input=STACK energies=FILE, input=SPECTRA.csv, or series=MANIFEST")
@@ -144,7 +149,13 @@ def run_stack(cfg: DictConfig, apply_net: Callable[[np.ndarray, np.ndarray], Net
     from src.xanes.edge import normalize_spectra
     from src.xanes.end_members import end_members_from_data
     from src.xanes.join import correlations, join_figure, particle_join
-    from src.xanes.maps import analyze, mask_edge_shape, particle_statistics, soc_saturation, write_outputs
+    from src.xanes.maps import (
+        analyze,
+        mask_edge_shape,
+        particle_statistics,
+        soc_saturation,
+        write_outputs,
+    )
 
     start = time.perf_counter()
     energies, stack, spectrum_names = load_inputs(cfg)

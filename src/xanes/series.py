@@ -122,7 +122,12 @@ def read_series_manifest(path: str | Path) -> tuple[list[SeriesState], dict[str,
 
 
 def _read_state(state: SeriesState, energies_file: Path | None, cfg: DictConfig):
-    from src.data.io.spectra import is_spectra_table, read_energies, read_spectra_table, read_spectral_stack
+    from src.data.io.spectra import (
+        is_spectra_table,
+        read_energies,
+        read_spectra_table,
+        read_spectral_stack,
+    )
 
     efile = state.energies or energies_file
     if efile is None and is_spectra_table(state.path):
@@ -144,7 +149,12 @@ def run_series(cfg: DictConfig) -> dict[str, Any]:
     from src.data.io import to_jsonable, write_json
     from src.data.io.electrochem import read_electrochem
     from src.xanes.maps import analyze, particle_statistics
-    from src.xanes.pipeline import FROM_DATA, _analysis_config, load_end_member_spectra, load_segmentation
+    from src.xanes.pipeline import (
+        FROM_DATA,
+        _analysis_config,
+        load_end_member_spectra,
+        load_segmentation,
+    )
 
     states, extra = read_series_manifest(cfg.series)
     echem_file = cfg.get("electrochem") or extra.get("electrochem")

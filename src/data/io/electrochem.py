@@ -84,9 +84,7 @@ def read_electrochem(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             raise ElectrochemError(f"{path}: empty electrochemistry file")
         sep = "\t" if "\t" in text[0] else ";" if ";" in text[0] else ","
         header = text[0].split(sep)
-        body = [line.split(sep) for line in text[1:]]
-        if sep != ",":
-            pass  # decimal commas are allowed with tab/semicolon separators
+        body = [line.split(sep) for line in text[1:]]  # decimal commas: with tab/semicolon separators
     t_col, th_col = _find(header, _TIME), _find(header, _TIME_H)
     v_col = _find(header, _VOLT)
     q_col, i_col = _find(header, _CHARGE), _find(header, _CURRENT)

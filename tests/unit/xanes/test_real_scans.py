@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from src.simulation.xanes_scan import SIMULATION_RANGES, load_end_members
-from src.xanes.edge import EdgeRanges, find_e0, fit_ranges_to_scan, half_jump_energy, normalize_spectra
+from src.xanes.edge import (
+    EdgeRanges,
+    find_e0,
+    fit_ranges_to_scan,
+    half_jump_energy,
+    normalize_spectra,
+)
 from src.xanes.maps import XanesAnalysisConfig, analyze, soc_saturation
 
 DEFAULTS = EdgeRanges(e0=None, pre=(-60.0, -14.0), post=(25.0, 105.0), edge=(-12.0, 12.0), white_line=(-2.0, 14.0))
