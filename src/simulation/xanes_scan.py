@@ -54,7 +54,7 @@ from src.simulation.imaging import (
     measure_line_integrals,
 )
 from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
-from src.xanes.edge import EdgeRanges, half_jump_energy, load_spectrum, normalize_spectra
+from src.xanes.edge import EdgeRanges, fit_ranges_to_scan, half_jump_energy, load_spectrum, normalize_spectra
 from src.xanes.references import builtin_reference_dir
 
 __all__ = [
@@ -309,7 +309,9 @@ def make_xanes_sample(
     labels = generate_microstructure(micro, seed)
     members = load_end_members(cfg.reference_dir, cfg.edge_discharged_eV, cfg.edge_charged_eV)
     soc, particles = simulate_soc(labels, cfg, seed)
-    edge, _ = true_edge_energy(soc, cfg, members)
+    # the truth's normalisation: the fixed simulation ranges, placed inside the scan when it is
+    # narrower (the same energies for the default scan)
+    edge, _ = true_edge_energy(soc, cfg, members, fit_ranges_to_scan(cfg.energy_grid(), SIMULATION_RANGES)[0])
     energies = cfg.energy_grid() if energies is None else np.asarray(energies, float)
     stack, shifts = simulate_xanes_stack(labels, soc, cfg, imaging, seed, energies, photons,
                                          members, progress)
