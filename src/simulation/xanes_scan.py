@@ -54,7 +54,13 @@ from src.simulation.imaging import (
     measure_line_integrals,
 )
 from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
-from src.xanes.edge import EdgeRanges, fit_ranges_to_scan, half_jump_energy, load_spectrum, normalize_spectra
+from src.xanes.edge import (
+    EdgeRanges,
+    fit_ranges_to_scan,
+    half_jump_energy,
+    load_spectrum,
+    normalize_spectra,
+)
 from src.xanes.references import builtin_reference_dir
 
 __all__ = [

@@ -636,7 +636,8 @@ def mixture_edge_lookup(
     mix = np.stack([1 - frac, frac])
     scan = interpolate_references(energies, references, ranges, normalize=False) @ mix
     norm = normalize_spectra(energies, scan, ranges)
-    fine = np.arange(energies[0], energies[-1], step_eV)
+    lo, hi = ranges.absolute("edge")  # the crossing is searched there only
+    fine = np.arange(max(energies[0], lo - 1.0), min(energies[-1], hi + 1.0), step_eV)
     dense = interpolate_references(fine, references, normalize=False) @ mix
     pre = norm.pre_coef[0] + (fine - ranges.e0)[:, None] * norm.pre_coef[1]
     return frac, half_jump_energy(fine, (dense - pre) / norm.jump, ranges.absolute("edge"))

@@ -22,7 +22,7 @@ DEFAULTS = EdgeRanges(e0=None, pre=(-60.0, -14.0), post=(25.0, 105.0), edge=(-12
 SCANS = {
     "narrow 40 eV, 0.4 eV steps": np.arange(8330.0, 8370.01, 0.4),
     "medium 120 eV, 1 eV steps": np.arange(8290.0, 8410.01, 1.0),
-    "wide 1.4 keV, 2 eV steps": np.arange(8060.0, 9500.01, 2.0),
+    "wide 1.4 keV, 4 eV steps": np.arange(8060.0, 9460.01, 4.0),
     "narrow non-uniform": np.unique(np.r_[np.arange(8330.0, 8340.0, 1.0), np.arange(8340.0, 8360.0, 0.3),
                                           np.arange(8360.0, 8371.0, 1.0)]),
     "wide non-uniform": np.unique(np.r_[np.arange(8060.0, 8330.0, 10.0), np.arange(8330.0, 8370.0, 0.5),
@@ -123,7 +123,7 @@ def test_from_data_end_members_beyond_the_references(members):
 
 
 def test_references_on_their_overlap_and_three_end_members(members):
-    e = SCANS["wide 1.4 keV, 2 eV steps"]  # wider than the end-members (8205-9000 eV)
+    e = SCANS["wide 1.4 keV, 4 eV steps"]  # wider than the end-members (8205-9000 eV)
     soc = np.linspace(0, 1, 11)
     refs = [(members.energies, members.discharged), (members.energies, members.charged)]
     res = analyze(e, _spectra(members, e, soc), None, refs, ["d", "c"], XanesAnalysisConfig(ranges=DEFAULTS))
