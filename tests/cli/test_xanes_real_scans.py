@@ -87,6 +87,14 @@ def test_narrow_scan_and_point_spectra_with_defaults(members, tmp_path, caplog):
     assert [p for _, p in edges] == [1, 2, 3, 4]  # the edge follows the particles' SOC
     assert set(summary["particle_correlations"]) >= {"diameter_um", "cbd_coverage"}
     assert (tmp_path / "run" / "particle_join.png").stat().st_size > 1000
+    assert summary["soc_saturation"]["saturated"]  # the shipped pair does not span these states
+    own = run_xanes(compose("xanes", [f"input={tmp_path}/stack.tif", f"energies={tmp_path}/e.txt",
+                                      f"mask={tmp_path}/labels.tif", f"output_dir={tmp_path}/own",
+                                      "references=from_data", "figure=false"]))
+    assert own["references"]["method"].startswith("from_data") and len(own["end_member_basis"]) == 3
+    own_rows = sorted(csv.DictReader(open(tmp_path / "own" / "particles.csv")), key=lambda r: float(r["soc_mean"]))
+    socs = [float(r["soc_mean"]) for r in own_rows]
+    assert socs[0] < 0.05 and socs[-1] > 0.95 and np.all(np.diff(socs) > 0.15)  # the extremes span 0-1
     # the same spectra as a table of point spectra (energy first)
     nmc = np.flatnonzero(labels.ravel() == 0)[::50]
     flat = _stack(members, energies, labels, soc).reshape(energies.size, -1)[:, nmc]
