@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.analysis.baselines import RandomForestSegmenter
 from src.analysis.label_consistency import format_consistency_table, label_consistency
+from src.analysis.segmenters import RandomForestSegmenter
 from src.data.io import natural_sort_key, write_text
 from src.data.io.figures import save_figure
 from src.data.sources import load_pair, pair_key

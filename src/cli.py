@@ -22,8 +22,10 @@ __all__ = ["run_command"]
 
 
 def run_command(config_name: str, task: Callable[[DictConfig], Any]) -> None:
-    """Run ``task`` as a Hydra command: parse the command line against ``conf/<config_name>.yaml``
-    (overrides, ``--multirun``, ``--cfg`` ...), then call ``task(cfg)`` once per job.
+    """Run ``task`` as a Hydra command on ``conf/<config_name>.yaml``.
+
+    Parse the command line against that config (overrides, ``--multirun``, ``--cfg`` ...), then
+    call ``task(cfg)`` once per job.
 
     An error of a single run prints one line (``<command>: <error type>: <message>``, also in the
     run's log) and exits with status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead, and a

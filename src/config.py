@@ -21,8 +21,10 @@ def setup_config_env() -> None:
 
 
 def compose_config(config_name: str, overrides: list[str], return_hydra_config: bool = False):
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as the command line would (Hydra's
-    compose API; for scripts and tests that call ``train``/``evaluate`` in-process)."""
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as the command line would.
+
+    Hydra's compose API; for scripts and tests that call ``train``/``evaluate`` in-process.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -32,8 +34,11 @@ def compose_config(config_name: str, overrides: list[str], return_hydra_config: 
 
 
 def process_rank() -> int:
-    """Global rank of this training process before torch.distributed starts: SLURM's task id
-    under srun, else Lightning's ``NODE_RANK``/``LOCAL_RANK`` of the processes it spawns."""
+    """Global rank of this training process before torch.distributed starts.
+
+    SLURM's task id under srun, else Lightning's ``NODE_RANK``/``LOCAL_RANK`` of the processes
+    it spawns.
+    """
     if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return int(os.environ["SLURM_PROCID"])
     if "RANK" in os.environ:

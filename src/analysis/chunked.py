@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from src.analysis.morphology import check_labels, remap_labels, surface_table
+from src.analysis.particles import weighted_quantiles
 from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface, slab_halo
 from src.analysis.transport import tortuosity_factor
 from src.data.io import HDF5_SUFFIXES
@@ -99,9 +100,10 @@ def _region(path: Path, dataset: str | None, kind: str, block_info: Any = None) 
 
 
 def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[int, ...] = 128) -> Any:
-    """A (z, y, x) volume as a lazy dask array: TIFF, Zarr, HDF5 (``dataset`` or ``file.h5:/key``)
-    or ``.npy``. Each block opens the file by its path, so the array also runs on a
-    ``distributed`` cluster.
+    """A (z, y, x) volume as a lazy dask array: TIFF, Zarr, HDF5 or ``.npy``.
+
+    HDF5 by ``dataset`` or as ``file.h5:/key``. Each block opens the file by its path, so the
+    array also runs on a ``distributed`` cluster.
 
     Args:
         path: the file (or ``.zarr`` folder).
@@ -131,9 +133,11 @@ def open_lazy(path: str | Path, dataset: str | None = None, chunks: int | tuple[
 
 @contextlib.contextmanager
 def connect(cluster: str | None, timeout_s: float = 10.0) -> Iterator[Any]:
-    """A ``distributed.Client`` on the scheduler at ``cluster`` for the ``with`` block (None:
-    dask's threads, no client). Raises ``ConnectionError`` naming the address when it does not
-    answer within ``timeout_s``."""
+    """A ``distributed.Client`` on the scheduler at ``cluster`` for the ``with`` block.
+
+    None: dask's threads, no client. Raises ``ConnectionError`` naming the address when it does
+    not answer within ``timeout_s``.
+    """
     if not cluster:
         yield None
         return
@@ -228,8 +232,12 @@ def chunked_statistics(
                            "class_names": class_names, "chunk": chunk, "source": source}
 
     def timed(key: str, fn: Any) -> Any:
+        """Run ``fn()`` with a progress bar over its dask tasks (local schedulers); log its time."""
+        from tqdm.dask import TqdmCallback
+
         start = time.perf_counter()
-        result = fn()
+        with TqdmCallback(desc=key, unit="task", leave=False, disable=None):
+            result = fn()
         timings[key] = time.perf_counter() - start
         log.info("%s: %.1f s", key, timings[key])
         return result
@@ -289,9 +297,11 @@ def _slab_components(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
-    """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks:
-    each z-slab is labelled on its own, then the labels that touch across slab faces are joined
-    (a graph's connected components); only the slabs' sizes and face planes are kept."""
+    """Connected components (6-connectivity) of a lazy bool mask (z, y, x), exact across chunks.
+
+    Each z-slab is labelled on its own, then the labels that touch across slab faces are joined
+    (a graph's connected components); only the slabs' sizes and face planes are kept.
+    """
     import dask
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -317,9 +327,7 @@ def _components(mask: Any, voxel_um: float, slab: int) -> dict[str, Any]:
     count, component = connected_components(graph, directed=False) if total else (0, np.zeros(0, int))
     voxels = np.bincount(component, weights=sizes, minlength=count).astype(np.int64)
     diameters = (6.0 * voxels / np.pi) ** (1 / 3) * voxel_um
-    order = np.argsort(diameters)
-    cumulative = np.cumsum(voxels[order]) / max(voxels.sum(), 1)
-    d50 = float(diameters[order][np.searchsorted(cumulative, 0.5)]) if voxels.size else math.nan
+    d50 = float(weighted_quantiles(diameters, voxels, np.array([0.5]))[0])  # the in-memory rule
     return {"count": int(count), "voxels": voxels.tolist(), "volumes_um3": (voxels * voxel_um**3).tolist(),
             "d50_um": d50}
 

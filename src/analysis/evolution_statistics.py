@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from src.analysis.model_parameters import ElectrodeSettings, parameters_per_state
 from src.analysis.morphology import (
     QUANTILES,
     check_voxel_size,
@@ -61,8 +62,8 @@ from src.data.io import write_json
 from src.data.io.figures import save_figure
 
 __all__ = ["ManifestEntry", "StateAnalysis", "analyse_state", "block_slices", "bootstrap_intervals",
-           "compare_states", "particle_summary", "read_manifest", "run_evolution",
-           "write_outputs"]
+           "check_x_axis", "compare_states", "evolve_series", "particle_summary", "read_manifest",
+           "run_evolution", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -675,8 +676,11 @@ def plot_evolution(path: Path, result: Mapping[str, Any], columns: Sequence[str]
 
 
 def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> None:
-    """PNG: particle size distributions (volume-weighted and cumulative by number), pore local
-    thickness and tracked volume changes, one curve per state coloured by ``x_axis``."""
+    """PNG: particle size distributions, pore local thickness and tracked volume changes.
+
+    Particle sizes volume-weighted and cumulative by number; one curve per state coloured by
+    ``x_axis``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -730,6 +734,21 @@ def plot_distributions(path: Path, result: Mapping[str, Any], x_axis: str) -> No
     save_figure(fig, path, dpi=110)
 
 
+def check_x_axis(x_axis: str, values: Mapping[str, float], source: str = "the manifest") -> None:
+    """Refuse an ``x_axis`` other than soc/time_h/voltage, or one that a state lacks.
+
+    Args:
+        x_axis: ``soc``, ``time_h`` or ``voltage``.
+        values: that column's value per state name (NaN where the manifest gives none).
+        source: named in the message (e.g. the manifest's path).
+    """
+    if x_axis not in ("soc", "time_h", "voltage"):
+        raise ValueError(f"x_axis must be soc, time_h or voltage, got {x_axis!r}")
+    missing = [name for name, v in values.items() if not math.isfinite(v)]
+    if missing:
+        raise ValueError(f"x_axis={x_axis}: {source} gives no {x_axis} for states {missing}")
+
+
 def write_outputs(
     out_dir: str | os.PathLike[str],
     result: Mapping[str, Any],
@@ -739,11 +758,7 @@ def write_outputs(
     figure_statistics: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write the tables, JSON and figures of :func:`run_evolution` (each file atomically)."""
-    if x_axis not in ("soc", "time_h", "voltage"):
-        raise ValueError(f"x_axis must be soc, time_h or voltage, got {x_axis!r}")
-    missing = [r["name"] for r in result["rows"] if not math.isfinite(r[x_axis])]
-    if missing:
-        raise ValueError(f"x_axis={x_axis}: the manifest gives no {x_axis} for states {missing}")
+    check_x_axis(x_axis, {r["name"]: r[x_axis] for r in result["rows"]})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"evolution_csv": out / "evolution.csv", "evolution_json": out / "evolution.json",
@@ -789,3 +804,41 @@ def write_outputs(
         paths["distributions_png"] = out / "distributions.png"
         plot_distributions(paths["distributions_png"], result, x_axis)
     return paths
+
+
+def evolve_series(
+    manifest: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    x_axis: str = "soc",
+    figure: bool = True,
+    figure_statistics: Sequence[str] | None = None,
+    electrode: ElectrodeSettings | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Read ``manifest``, run :func:`run_evolution`, write its outputs (``evolve.py``'s work).
+
+    Args:
+        manifest: CSV/YAML of the states (see :func:`read_manifest`).
+        output_dir: the output folder (see :func:`write_outputs`).
+        x_axis: ``soc``, ``time_h`` or ``voltage``: the figures' x (checked before any work).
+        figure: also write the PNGs.
+        figure_statistics: column patterns plotted (fnmatch); None = a default selection.
+        electrode: also write each state's PyBaMM parameter set (``pybamm/``) and their series
+            against ``x_axis``; None = no.
+        **options: keyword arguments of :func:`run_evolution` (``class_names`` at least).
+
+    Returns:
+        :func:`run_evolution`'s result with ``paths`` (the files written).
+    """
+    entries = read_manifest(manifest)
+    check_x_axis(x_axis, {e.name: getattr(e, x_axis, math.nan) for e in entries}, f"manifest {manifest}")
+    result = run_evolution(entries, **options)
+    paths: dict[str, Any] = dict(write_outputs(Path(output_dir), result, x_axis=x_axis, figure=figure,
+                                               figure_statistics=figure_statistics))
+    if electrode is not None:
+        states = [(s["name"], float(s[x_axis]), a.stats) for s, a in zip(result["states"], result["analyses"], strict=True)]
+        paths["pybamm_parameters"] = [str(p) for p in parameters_per_state(states, electrode, output_dir, x_axis, figure)]
+    log.info("evolution of %d states written to %s", len(entries), output_dir)
+    result["paths"] = paths
+    return result

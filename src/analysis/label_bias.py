@@ -71,8 +71,11 @@ def biased_statistics(
     labels: np.ndarray, class_names: Sequence[str], voxel_size_nm: float, particle_phase: str | None = "NMC",
     particles: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """The label-sensitive statistics of a 3D label volume as a flat dict: ``vf_<phase>``,
-    ``ssa_<phase>`` (specific surface area, µm⁻¹) and ``d50_<particle_phase>`` (µm)."""
+    """The label-sensitive statistics of a 3D label volume as a flat dict.
+
+    Keys: ``vf_<phase>``, ``ssa_<phase>`` (specific surface area, µm⁻¹) and
+    ``d50_<particle_phase>`` (µm).
+    """
     voxel_um = check_voxel_size(voxel_size_nm) * 1e-3
     row = {f"vf_{k}": v for k, v in volume_fractions(labels, class_names).items()}
     surfaces = surface_statistics(labels, class_names, voxel_um)
@@ -92,9 +95,11 @@ def label_bias_table(
     particle_phase: str | None = "NMC",
     particles: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per perturbation (ground truth, then each phase eroded / dilated by ``pixels``):
-    the statistics of :func:`biased_statistics` and their relative error against the truth
-    (``rel_<stat>``), plus the share of relabelled voxels. ``labels``: (z, y, x) truth."""
+    """One row per perturbation: ground truth, then each phase eroded / dilated by ``pixels``.
+
+    Each row holds the statistics of :func:`biased_statistics` and their relative error against
+    the truth (``rel_<stat>``), plus the share of relabelled voxels. ``labels``: (z, y, x) truth.
+    """
     class_names = list(class_names)
     labels = check_labels(labels, class_names)
     if labels.ndim != 3:

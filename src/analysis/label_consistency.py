@@ -32,12 +32,17 @@ from src.analysis.metrics import confusion_matrix, scores_from_confusion
 class Segmenter(Protocol):
     """What the label studies fit and apply: ``fit(images, labels)``, then ``predict(image)``."""
 
-    def fit(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Any: ...
-    def predict(self, image: np.ndarray) -> np.ndarray: ...
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Any:
+        """Fit the segmenter on the images and their label maps."""
+        ...
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """uint8 labels of ``image``."""
+        ...
 
 
 def _default_segmenter() -> Segmenter:
-    from src.analysis.baselines import RandomForestSegmenter
+    from src.analysis.segmenters import RandomForestSegmenter
 
     return RandomForestSegmenter()
 
@@ -141,8 +146,10 @@ def label_consistency(
 
 
 def format_consistency_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
-    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, the gap, and
-    the oracle-bias mIoU when the rows have it."""
+    """Markdown table: per slice, mIoU / accuracy / per-phase IoU within and across, and the gap.
+
+    The oracle-bias mIoU is added when the rows have it.
+    """
     oracle = all("oracle" in r for r in rows)
     head = ["slice", "mIoU within", "mIoU across", "gap", *(["mIoU oracle bias"] if oracle else []),
             "acc within", "acc across", *[f"IoU {c} within / across" for c in class_names]]

@@ -92,8 +92,11 @@ def format_table(
     overall: Mapping[str, Any],
     class_names: Sequence[str],
 ) -> str:
-    """Plain-text table: one row per image plus "overall"; columns accuracy, mIoU,
-    IoU_<phase>..., Dice_<phase>... (scores as returned by :func:`scores_from_confusion`)."""
+    """Plain-text table: one row per image plus "overall".
+
+    Columns accuracy, mIoU, IoU_<phase>..., Dice_<phase>... (scores as returned by
+    :func:`scores_from_confusion`).
+    """
     header = [
         "image",
         "accuracy",

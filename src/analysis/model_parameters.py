@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,28 @@ def write_parameter_set(params: Mapping[str, Mapping[str, Any]], folder: str | P
     return [json_path, py_path]
 
 
+@dataclass(frozen=True)
+class ElectrodeSettings:
+    """What the PyBaMM parameter set reads from the statistics.
+
+    Args:
+        active_phase: the active-material class.
+        pore_phase: the electrolyte-filled class.
+        side: ``positive`` or ``negative`` (PyBaMM's parameter-name prefix).
+        axis: the through-plane axis (0 = z): thickness and the tortuosity used for Bruggeman.
+    """
+
+    active_phase: str = "NMC"
+    pore_phase: str = "pore"
+    side: str = "positive"
+    axis: int = 0
+
+    def parameters(self, stats: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The electrode's PyBaMM parameters from ``compute_statistics``'s result."""
+        return electrode_parameters(stats, active_phase=self.active_phase, pore_phase=self.pore_phase,
+                                    electrode=self.side, axis=self.axis)
+
+
 def parameter_series(
     states: Sequence[tuple[float, Mapping[str, Mapping[str, Any]]]], folder: str | Path, x_label: str,
     figure: bool = True,
@@ -215,3 +238,28 @@ def parameter_series(
         plt.close(fig)
         written.append(folder / "pybamm_parameters.png")
     return written
+
+
+def parameters_per_state(
+    states: Sequence[tuple[str, float, Mapping[str, Any]]], electrode: ElectrodeSettings, folder: str | Path,
+    x_label: str, figure: bool = True,
+) -> list[Path]:
+    """The PyBaMM parameter set of every state of a series, and the parameters against x.
+
+    Args:
+        states: ``(name, x, compute_statistics result)`` per state, in order.
+        electrode: what the parameters read from the statistics.
+        folder: output folder: ``pybamm/<name>_pybamm.json``/``.py`` per state, plus
+            :func:`parameter_series`'s table and figure.
+        x_label: the x column's name (``soc``, ``time_h`` or ``voltage``).
+        figure: also write the PNG.
+
+    Returns:
+        The paths written.
+    """
+    out, series, written = Path(folder), [], []
+    for name, x, stats in states:
+        params = electrode.parameters(stats)
+        written += write_parameter_set(params, out / "pybamm", f"{name}_pybamm")
+        series.append((float(x), params))
+    return written + parameter_series(series, out, x_label, figure)

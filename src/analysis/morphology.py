@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from src.analysis.parallel import fork_map
 from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
 from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface
 from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_many
@@ -32,6 +34,8 @@ __all__ = ["check_labels", "check_voxel_size", "compute_statistics", "local_thic
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
+#: volumes at least this large (voxels) have their phases meshed in parallel processes
+PARALLEL_VOXELS = 100**3
 
 
 def check_voxel_size(voxel_size_nm: float | Sequence[float]) -> float:
@@ -86,7 +90,8 @@ def volume_fractions(labels: np.ndarray, class_names: Sequence[str]) -> dict[str
 
 
 def surface_statistics(
-    labels: np.ndarray, class_names: Sequence[str], voxel_um: float, sigma: float = SURFACE_SIGMA
+    labels: np.ndarray, class_names: Sequence[str], voxel_um: float, sigma: float = SURFACE_SIGMA,
+    workers: int | None = None, on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Surface area, specific surface area and pairwise interface areas (marching cubes).
 
@@ -94,18 +99,29 @@ def surface_statistics(
     ``surface_to_volume_um-1[p]`` (area / phase volume; 3/r for a sphere),
     ``interface_area_um2["A-B"]`` (mean of the A- and B-side estimates) and
     ``surface_fraction[p][q]``: share of p's surface facing q (sums to ≈ 1 over q ≠ p; the
-    remainder is unassigned mesh).
+    remainder is unassigned mesh). The phases are meshed in parallel processes (``workers``,
+    None: one per CPU core) on volumes of at least ``PARALLEL_VOXELS``; ``on_done`` is called
+    after each phase (progress).
     """
     n = len(class_names)
-    surfaces = [phase_surface(labels, i, n, sigma) for i in range(n)]
+    surfaces = fork_map(_phase_surface_task, [(labels, i, n, sigma) for i in range(n)],
+                        parallel=labels.size >= PARALLEL_VOXELS, workers=workers, on_done=on_done)
     return surface_table(surfaces, np.bincount(labels.ravel(), minlength=n), class_names, voxel_um)
+
+
+def _phase_surface_task(args: tuple[np.ndarray, int, int, float]) -> PhaseSurface:
+    """:func:`phase_surface` of one phase (a picklable task of :func:`fork_map`)."""
+    return phase_surface(*args)
 
 
 def surface_table(
     surfaces: Sequence[PhaseSurface], counts: np.ndarray, class_names: Sequence[str], voxel_um: float
 ) -> dict[str, Any]:
-    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface` (voxel
-    units) and voxel ``counts`` per phase (e.g. summed over the slabs of a large volume)."""
+    """The dict of :func:`surface_statistics` from each phase's :class:`PhaseSurface`.
+
+    The surfaces are in voxel units; ``counts`` are the voxels per phase (e.g. summed over the
+    slabs of a large volume).
+    """
     n = len(class_names)
     total_um3 = float(np.sum(counts)) * voxel_um**3
     area = {name: s.area * voxel_um**2 for name, s in zip(class_names, surfaces, strict=True)}
@@ -139,6 +155,7 @@ def particle_statistics(
     surface_sigma: float = SURFACE_SIGMA,
     exclude_border: bool = True,
     min_voxels: int = 27,
+    on_step: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Separate and measure the particles of one phase (bool mask, z, y, x).
 
@@ -147,11 +164,16 @@ def particle_statistics(
     number-weighted. Distributions use particles of ≥ ``min_voxels`` voxels and, with
     ``exclude_border``, not touching the volume faces. Crack porosity = non-phase voxels in the
     hull / hull voxels (hull: closing with a ball of ``closing_radius`` + ``binary_fill_holes``);
-    ``crack_porosity`` overall = Σ enclosed pore / Σ hull over all particles.
+    ``crack_porosity`` overall = Σ enclosed pore / Σ hull over all particles. ``on_step`` is
+    called after the separation and after the measurement (progress).
     """
     regions, _ = separate_particles(mask, closing_radius=closing_radius, sigma=sigma,
                                     min_distance=min_distance, h=h)
+    if on_step:
+        on_step()
     table = measure_particles(regions, mask, surface_sigma=surface_sigma)
+    if on_step:
+        on_step()
     diameter_um = (6.0 * table.hull_voxels / np.pi) ** (1 / 3) * voxel_um
     used = table.hull_voxels >= min_voxels
     if exclude_border:
@@ -216,8 +238,10 @@ def absent_phase_notes(
     fractions: Mapping[str, float], particle_phase: str | None, tortuosity_phases: Sequence[str],
     thickness_phases: Sequence[str],
 ) -> list[str]:
-    """One message per statistic that a phase absent from the volume leaves undefined (its
-    values are then NaN or inf for that reason, said in the log and in ``stats.json``)."""
+    """One message per statistic that a phase absent from the volume leaves undefined.
+
+    Its values are then NaN or inf for that reason, said in the log and in ``stats.json``.
+    """
     notes = []
     for name, fraction in fractions.items():
         if fraction > 0:
@@ -302,16 +326,18 @@ def compute_statistics(
     stats: dict[str, Any] = {"shape": list(labels.shape), "voxel_size_nm": voxel_nm,
                              "class_names": list(class_names)}
 
-    def timed(key: str, fn: Callable[[], Any]) -> Any:
+    def timed(key: str, fn: Callable[[Callable[..., Any]], Any], total: int = 1) -> Any:
+        """Run ``fn(tick)`` under a progress bar of ``total`` steps (time left); log its time."""
         if progress:
             progress(key)
         start = time.perf_counter()
-        result = fn()
+        with tqdm(total=total, desc=key, unit="step", leave=False, disable=None) as bar:
+            result = fn(bar.update)
         timings[key] = time.perf_counter() - start
         log.info("%s: %.1f s", key, timings[key])
         return result
 
-    stats["volume_fraction"] = timed("volume_fraction", lambda: volume_fractions(labels, class_names))
+    stats["volume_fraction"] = timed("volume_fraction", lambda tick: volume_fractions(labels, class_names))
     stats["notes"] = absent_phase_notes(stats["volume_fraction"], particle_phase,
                                         [n for n in tort_members if all(
                                             stats["volume_fraction"][class_names[i]] == 0
@@ -319,26 +345,34 @@ def compute_statistics(
                                         thickness_phases)
     for note in stats["notes"]:
         log.warning(note)
-    stats["surfaces"] = timed("surfaces", lambda: surface_statistics(labels, class_names, voxel_um,
-                                                                     surface_sigma))
+    stats["surfaces"] = timed("surfaces", lambda tick: surface_statistics(
+        labels, class_names, voxel_um, surface_sigma, on_done=tick), total=len(class_names))
     if particle_phase is not None:
         mask = labels == _phase_index(class_names, particle_phase, "particle_phase")
         kwargs = {"surface_sigma": surface_sigma, **dict(particles or {})}
         stats["particles"] = {particle_phase: timed(
-            "particles", lambda: particle_statistics(mask, voxel_um, **kwargs))}
-    stats["connectivity"] = timed("connectivity", lambda: {
-        name: percolating_fraction(labels == i, axes) for i, name in enumerate(class_names)})
+            "particles", lambda tick: particle_statistics(mask, voxel_um, on_step=tick, **kwargs), total=2)}
+
+    def each_phase(tick: Callable[..., Any], fn: Callable[[str, int], Any], names: Sequence[str]) -> dict[str, Any]:
+        out = {}
+        for name in names:
+            out[name] = fn(name, class_names.index(name))
+            tick()
+        return out
+
+    stats["connectivity"] = timed("connectivity", lambda tick: each_phase(
+        tick, lambda name, i: percolating_fraction(labels == i, axes), class_names), total=len(class_names))
     if thickness_phases:
-        stats["local_thickness"] = timed("local_thickness", lambda: {
-            name: local_thickness(labels == class_names.index(name), voxel_um, thickness_bins)
-            for name in thickness_phases})
+        stats["local_thickness"] = timed("local_thickness", lambda tick: each_phase(
+            tick, lambda name, i: local_thickness(labels == i, voxel_um, thickness_bins), thickness_phases),
+            total=len(thickness_phases))
     if tortuosity:
         tasks = [(name, a) for name in tort_members for a in tort_axes]
         masks = {name: np.isin(labels, members) for name, members in tort_members.items()}  # once per phase
-        solved = timed("tortuosity", lambda: tortuosity_many(
+        solved = timed("tortuosity", lambda tick: tortuosity_many(
             [(masks[name], a) for name, a in tasks], solver=tortuosity_solver,
             device=device, conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit,
-            workers=tortuosity_workers))
+            workers=tortuosity_workers, on_done=tick), total=len(tasks))
         stats["tortuosity"] = {name: {} for name in tort_members}
         for (name, a), res in zip(tasks, solved, strict=True):
             stats["tortuosity"][name][AXIS_NAMES[a]] = res

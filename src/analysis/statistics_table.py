@@ -182,8 +182,12 @@ def write_statistics(
     label_values: Sequence[int] | None = None,
     figure: bool = True,
 ) -> None:
-    """Write ``stats.csv`` (one row per volume, columns ``<statistic>/<phase>``), ``units.json``,
-    ``stats.json`` (nested results and settings) and, with ``figure``, ``stats.png`` to ``out_dir``."""
+    """Write the statistics table, its units, the nested results and a figure to ``out_dir``.
+
+    The files: ``stats.csv`` (one row per volume, columns ``<statistic>/<phase>``),
+    ``units.json``, ``stats.json`` (nested results and settings) and, with ``figure``,
+    ``stats.png``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"volume": name, **flatten_statistics(stats)} for name, stats in results.items()]
     columns = write_csv_atomic(out_dir / "stats.csv", rows)

@@ -21,17 +21,15 @@ import contextlib
 import io
 import logging
 import math
-import multiprocessing
-import os
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
 from tqdm.auto import tqdm
 
+from src.analysis.parallel import fork_map
 from src.config import resolve_device
 
 __all__ = ["AXIS_NAMES", "TORTUOSITY_SOLVERS", "percolating_fraction", "through_clusters",
@@ -64,8 +62,11 @@ def percolating_fraction(mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) ->
 
 
 def through_clusters(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Voxels of ``mask`` (bool (z, y, x)) in 6-connected clusters that touch both faces of
-    ``axis``: the part of the phase that carries a flux along it. Bool, like ``mask``."""
+    """Voxels of ``mask`` in 6-connected clusters that touch both faces of ``axis``.
+
+    ``mask``: bool (z, y, x). The result is the part of the phase that carries a flux along
+    ``axis``; bool, like ``mask``.
+    """
     clusters, n = ndimage.label(mask)
     first = np.unique(np.take(clusters, 0, axis=axis))
     last = np.unique(np.take(clusters, -1, axis=axis))
@@ -76,9 +77,11 @@ def through_clusters(mask: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-    """The finite-volume system ``A c = b`` on the voxels of ``keep`` (bool, axis 0 = flow):
-    face concentrations 0 (first layer) and 1 (last layer). Returns ``A`` (CSR, float32), ``b``
-    and the unknown indices of the first and last layers."""
+    """The finite-volume system ``A c = b`` on the voxels of ``keep`` (bool, axis 0 = flow).
+
+    Face concentrations 0 (first layer) and 1 (last layer). Returns ``A`` (CSR, float32), ``b``
+    and the unknown indices of the first and last layers.
+    """
     n = int(keep.sum())
     index = np.full(keep.shape, -1, np.int32 if n < 2**31 - 1 else np.int64)
     index[keep] = np.arange(n, dtype=index.dtype)
@@ -106,8 +109,10 @@ def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray,
 
 def _tortuosity_amg(mask: np.ndarray, keep: np.ndarray, rtol: float, iter_limit: int,
                     conv_crit: float) -> dict:
-    """τ along axis 0 of ``mask`` by AMG-preconditioned CG on its through-clusters ``keep``
-    (see the module doc)."""
+    """τ along axis 0 of ``mask`` by AMG-preconditioned CG on its through-clusters ``keep``.
+
+    See the module doc.
+    """
     try:
         import pyamg
     except ImportError as exc:
@@ -212,38 +217,31 @@ def tortuosity_factor(
 
 
 def _solve_one(args: tuple) -> dict:
-    from threadpoolctl import threadpool_limits
-
     mask, axis, kwargs = args
-    with threadpool_limits(1):  # one core per process: the processes share the machine
-        return tortuosity_factor(mask, axis, **kwargs)
+    return tortuosity_factor(mask, axis, **kwargs)
 
 
 def tortuosity_many(
     tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None,
-    min_parallel_voxels: int = 100**3, **kwargs: Any,
+    min_parallel_voxels: int = 100**3, on_done: Callable[[], Any] | None = None, **kwargs: Any,
 ) -> list[dict[str, float | bool | int]]:
-    """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes on
-    the CPU (each solve is single-threaded) when there are several large ones.
+    """:func:`tortuosity_factor` of several ``(mask, axis)`` pairs, in parallel processes.
+
+    The processes run on the CPU (each solve is single-threaded) when there are several large
+    ones.
 
     Args:
         tasks: ``(mask, axis)`` pairs, masks bool (z, y, x).
         workers: processes (None: one per CPU core, at most one per task); 1 = in this process.
         min_parallel_voxels: smaller masks are solved in this process (starting a process
             costs more than their solve).
+        on_done: called after each solve (progress).
         **kwargs: keyword arguments of :func:`tortuosity_factor`.
 
     Returns:
         One result dict per task, in order.
     """
-    n = len(tasks)
-    workers = min(workers or os.cpu_count() or 1, n) if n else 1
     on_gpu = kwargs.get("device", "cpu") != "cpu" and kwargs.get("solver", "auto") != "amg"
     small = all(m.size < min_parallel_voxels for m, _ in tasks)
-    if workers <= 1 or on_gpu or small:
-        return [tortuosity_factor(m, a, **kwargs) for m, a in tasks]
-    # fork: the children only run numpy/scipy/pyamg (no OpenMP, no torch), and start in ms
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(_solve_one, [(m, a, kwargs) for m, a in tasks]))
+    return fork_map(_solve_one, [(m, a, kwargs) for m, a in tasks], parallel=not (on_gpu or small),
+                    workers=workers, on_done=on_done)

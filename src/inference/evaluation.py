@@ -173,7 +173,7 @@ def baseline_segmenter(name: str, make: Callable[[], Any], class_names: Sequence
 
     Args:
         name: the method's name (reports, messages).
-        make: builds the segmenter (:mod:`src.analysis.baselines`).
+        make: builds the segmenter (:mod:`src.analysis.segmenters`).
         class_names: the phases.
         images: the images to be evaluated (to warn when they are training slices too).
         train_images: the training slices of a learning method.

@@ -50,8 +50,11 @@ def _net_target(hparams: dict[str, Any]) -> str:
 
 
 def _kind_of(ckpt: dict[str, Any]) -> str | None:
-    """The ``kind`` a checkpoint stores; for older checkpoints (without one) the kind their
-    hyperparameters show: a reconstruction net, XANES ``task``/``scan_energies``, or phases."""
+    """The ``kind`` a checkpoint stores, or the one its hyperparameters show.
+
+    Older checkpoints (without one) show it by their hyperparameters: a reconstruction net,
+    XANES ``task``/``scan_energies``, or phases.
+    """
     if ckpt.get("kind") in MODULES:
         return ckpt["kind"]
     hparams = ckpt.get("hyper_parameters", {})
@@ -92,8 +95,10 @@ def load_checkpoint(
     path: str | Path, kind: str | None = None, expected_model: str | None = None,
     map_location: str | torch.device = "cpu",
 ) -> tuple[TaskModule, dict[str, Any]]:
-    """Rebuild a trained task module from its checkpoint, today's or one saved before the layout
-    of issue 14 (old net class paths map to the new ones).
+    """Rebuild a trained task module from its checkpoint, today's or one of an older layout.
+
+    Checkpoints saved before the layout of issue 14 load too (old net class paths map to the
+    new ones).
 
     The module is built from its own ``__init__`` signature (the stored hyperparameters it
     accepts), its weights loaded strictly, and put in eval mode on ``map_location``.

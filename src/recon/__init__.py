@@ -1,5 +1,8 @@
-"""Tomographic reconstruction: parallel-beam operators, FBP, iterative solvers, preprocessing,
-rotation-centre finding and external backends (ASTRA, tomopy), with tomopy-like helpers."""
+"""Tomographic reconstruction: operators, FBP, iterative solvers and external backends.
+
+Parallel-beam operators, FBP, iterative solvers, preprocessing, rotation-centre finding and
+external backends (ASTRA, tomopy), with tomopy-like helpers.
+"""
 
 from src.recon.centre import find_center, find_center_pc, find_center_vo
 from src.recon.fbp import (

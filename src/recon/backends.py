@@ -198,8 +198,11 @@ def tomopy_recon(
     filter_name: str = "ramp",
     **kwargs: Any,
 ) -> np.ndarray:
-    """Tomopy's ``recon`` with our names: ``fbp`` is tomopy's gridrec with the mapped filter,
-    ``sirt``/``tv``/``art``/``mlem`` pass through (``num_iter`` default 50)."""
+    """Tomopy's ``recon`` with our names.
+
+    ``fbp`` is tomopy's gridrec with the mapped filter, ``sirt``/``tv``/``art``/``mlem`` pass
+    through (``num_iter`` default 50).
+    """
     try:
         import tomopy
     except ImportError as err:

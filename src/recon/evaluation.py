@@ -106,8 +106,10 @@ def compare_methods(
 
 
 def format_recon_table(rows: Sequence[Mapping[str, float | str]], reference: str | None = "FBP") -> str:
-    """Markdown table of :func:`compare_methods` rows, with the PSNR gain over ``reference`` and
-    a training-time column when rows carry ``train_s``."""
+    """Markdown table of :func:`compare_methods` rows, with the PSNR gain over ``reference``.
+
+    A training-time column is added when rows carry ``train_s``.
+    """
     ref = next((r for r in rows if r["method"] == reference), None)
     timed = any("train_s" in r for r in rows)
     head = "| method | PSNR (dB) | SSIM | rel. error | ms/slice |"
@@ -151,8 +153,10 @@ def compare_on_held_out(
     tv_iter: int = 300,
     tv_lams: Sequence[float] = (0.3, 1.0, 3.0, 10.0),
 ) -> list[dict[str, float | str]]:
-    """FBP (ramp, Hann), SIRT, TV (PDHG) and the ``learned`` modules on the held-out slices of a
-    :class:`~src.data.sinogram_datamodule.SinogramDataModule`; rows of :func:`compare_methods`.
+    """Compare FBP (ramp, Hann), SIRT, TV (PDHG) and the ``learned`` modules on held-out slices.
+
+    The held-out slices of a :class:`~src.data.sinogram_datamodule.SinogramDataModule`; returns
+    rows of :func:`compare_methods`.
 
     The TV weight is chosen among ``tv_lams`` on 8 training slices (never the held-out ones).
     Learned modules get the datamodule's projector (same geometry, shared weights).

@@ -108,9 +108,11 @@ class EvolutionConfig:
 
 @dataclass
 class EvolutionState:
-    """One state in the field of view: ``labels`` (z, y, x) uint8, the ground truth, the
-    simulator's particle ids (z, y, x) int32 (0 = none; hulls, cracks included) and the crack
-    mask (z, y, x) bool."""
+    """One state in the field of view: ground-truth labels, particle ids and crack mask.
+
+    ``labels`` (z, y, x) uint8, the ground truth, the simulator's particle ids (z, y, x) int32
+    (0 = none; hulls, cracks included) and the crack mask (z, y, x) bool.
+    """
 
     labels: np.ndarray
     truth: dict[str, Any] = field(default_factory=dict)

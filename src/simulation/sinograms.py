@@ -1,5 +1,6 @@
-"""Simulated sinograms for learned reconstruction: phantoms -> parallel-beam data (the DataModule
-that serves them: :mod:`src.data.sinogram_datamodule`).
+"""Simulated sinograms for learned reconstruction: phantoms -> parallel-beam data.
+
+The DataModule that serves them: :mod:`src.data.sinogram_datamodule`.
 
 Ground truths are 2D slices ``(H, W)`` in *relative attenuation* (NMC = 1 for electrodes,
 ellipse values in [0, 1]), zero outside the disk inscribed in the slice (the field of view of a

@@ -14,16 +14,20 @@ from src.data.io.figures import panel_rgb, save_panel_png
 
 
 def orthogonal_slices(batch: np.ndarray) -> list[np.ndarray]:
-    """(n, z, y, x) patches → 3n planes: per sample its middle z (y, x), y (z, x) and x (z, y)
-    planes, in that order."""
+    """(n, z, y, x) patches → 3n planes: per sample its middle z, y and x planes.
+
+    Per sample, in that order: the middle z (y, x), y (z, x) and x (z, y) planes.
+    """
     _, z, y, x = batch.shape
     return [plane for b in batch for plane in (b[z // 2], b[:, y // 2], b[:, :, x // 2])]
 
 
 class PanelLogger(pl.Callback):
-    """Each validation epoch: a panel of the first validation batch, written to
-    ``<run>/panels/val_epoch<NNN>.png`` and sent to W&B (``val/panel``) / TensorBoard
-    (``val/panel_<i>``). Subclasses say which batch and outputs they keep and how they draw.
+    """Each validation epoch: a panel of the first validation batch, saved and logged.
+
+    The panel is written to ``<run>/panels/val_epoch<NNN>.png`` and sent to W&B (``val/panel``) /
+    TensorBoard (``val/panel_<i>``). Subclasses say which batch and outputs they keep and how they
+    draw.
 
     Args:
         n_samples: rows of the panel.
@@ -59,11 +63,13 @@ class PanelLogger(pl.Callback):
         return arrays
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """Keep the first batch of validation dataloader 0 when its outputs carry ``output_key``."""
         if batch_idx == 0 and dataloader_idx == 0 and isinstance(outputs, dict) and self.output_key in outputs:
             self._batch = self.keep(batch, outputs)
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        """Draw the kept batch: write the PNG and send the panel to W&B / TensorBoard."""
         if self._batch is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
         arrays = self.prepare(tuple(t.detach().float().cpu().numpy() for t in self._batch))
@@ -80,8 +86,9 @@ class PanelLogger(pl.Callback):
 
 
 class ValidationPanelLogger(PanelLogger):
-    """Each validation epoch: a panel (grey, truth, prediction) of the first validation batch,
-    sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
+    """Each validation epoch: a panel (grey, truth, prediction) of the first validation batch.
+
+    Sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
     For 3D patches each sample gives three rows: its middle slices along z, y and x
     (orthogonal planes). W&B receives ``wandb.Image`` objects with the prediction and the
@@ -95,10 +102,12 @@ class ValidationPanelLogger(PanelLogger):
     output_key = "preds"
 
     def keep(self, batch: dict, outputs: dict) -> tuple:
+        """Grey images, labels and predictions of the first ``n_samples``, channel dropped."""
         n = self.n_samples
         return batch["image"][:n, 0], batch["label"][:n, 0], outputs["preds"][:n]
 
     def prepare(self, arrays: tuple) -> tuple:
+        """Lists of images, int labels, int predictions and captions; 3D: three planes a sample."""
         images, labels, preds = arrays
         captions = [f"sample {i}" for i in range(len(images))]
         if images.ndim == 4:  # 3D patches: the three orthogonal middle planes of every sample
@@ -107,10 +116,12 @@ class ValidationPanelLogger(PanelLogger):
         return list(images), [a.astype(int) for a in labels], [a.astype(int) for a in preds], captions
 
     def save_png(self, path: Path, arrays: tuple, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Write the (grey, truth, prediction) panel with the class names to ``path``."""
         images, labels, preds, _ = arrays
         save_panel_png(path, images, labels, preds, list(pl_module.class_names), title=f"validation, epoch {epoch}")
 
     def wandb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list:
+        """``wandb.Image`` objects with the prediction and ground truth as class-named masks."""
         import wandb
 
         class_labels = dict(enumerate(pl_module.class_names))
@@ -120,5 +131,6 @@ class ValidationPanelLogger(PanelLogger):
                 }) for img, lab, prd, caption in zip(*arrays, strict=True)]
 
     def rgb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list[np.ndarray]:
+        """(H, W, 3) images (grey, truth, prediction), one a sample, for TensorBoard."""
         images, labels, preds, _ = arrays
         return [panel_rgb(img, lab, prd) for img, lab, prd in zip(images, labels, preds, strict=True)]

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from src.data.io import write_text
+
 log = logging.getLogger(__name__)
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
@@ -202,8 +204,10 @@ def varying_settings(runs: Sequence[Run], ignore: Sequence[str] = ("paths", "hyd
 
 
 def format_setting(value: Any) -> str:
-    """Settings for a table: floats (also as override strings such as ``0.000430201820``) to 4
-    significant digits, None as ``-``."""
+    """Format a setting for a table: floats to 4 significant digits, None as ``-``.
+
+    Floats also when given as override strings such as ``0.000430201820``.
+    """
     if value is None:
         return "-"
     if isinstance(value, str) and len(value) > 8 and any(c in value for c in ".e"):
@@ -238,8 +242,11 @@ def sort_key(value: float, mode: str) -> tuple[int, float]:
 
 def comparison_rows(runs: Sequence[Run], metric: str, mode: str = "max",
                     ignore: Sequence[str] = ("paths", "hydra")) -> list[dict[str, Any]]:
-    """One row per run, best first: ``run``, the varying settings, ``best``/``final`` of
-    ``metric``, ``best_epoch``, ``status`` (``ok``, ``failed: <error>``, ``no <metric>``)."""
+    """One row per run, best first: the varying settings and the best/final ``metric``.
+
+    Columns: ``run``, the varying settings, ``best``/``final`` of ``metric``, ``best_epoch``,
+    ``status`` (``ok``, ``failed: <error>``, ``no <metric>``).
+    """
     settings = varying_settings(runs, ignore)
     rows = []
     for run, varying in zip(runs, settings, strict=True):
@@ -324,3 +331,41 @@ def load_runs(spec: str | Path | Sequence[str | Path]) -> list[Run]:
     for run, name in zip(runs, _short_names(paths), strict=True):
         run.name = name
     return runs
+
+
+def compare_runs(runs: str | Path | Sequence[str | Path], output_dir: str | Path, metric: str = "val/miou",
+                 mode: str = "max", plot_metrics: Sequence[str] | None = None, x_axis: str = "epoch",
+                 ignore: Sequence[str] = ("paths", "hydra")) -> list[dict[str, Any]]:
+    """Rank the runs of ``runs`` by ``metric``; write the table and the learning curves.
+
+    Args:
+        runs: glob, run folder or sweep folder, or a list of them (see :func:`find_run_dirs`).
+        output_dir: folder of ``compare.csv``, ``compare.md`` and ``learning_curves.png``.
+        metric: the logged metric ranked (and plotted unless ``plot_metrics`` is given).
+        mode: ``max`` or ``min``: which end of ``metric`` is best.
+        plot_metrics: metrics drawn side by side; None = ``[metric]``.
+        x_axis: ``epoch`` or ``step``.
+        ignore: setting prefixes left out of the table's columns.
+
+    Returns:
+        One row per run, best first: ``run``, ``status``, best/final metric and the settings
+        that differ between the runs.
+    """
+    loaded = load_runs(runs)
+    if not any(metric in r.curves for r in loaded):
+        known = sorted({k for r in loaded for k in r.curves})
+        raise KeyError(f"metric {metric!r} is in none of the {len(loaded)} runs of {runs!r}; logged metrics: {known}")
+    rows = comparison_rows(loaded, metric, mode, list(ignore))
+    out = Path(output_dir)
+    write_rows_csv(rows, out / "compare.csv")
+    table = markdown_table(rows)
+    write_text(out / "compare.md", table + "\n")
+    order = {r["run"]: i for i, r in enumerate(rows)}
+    ranked = sorted(loaded, key=lambda r: order[r.name])
+    labels = [" ".join([r["run"], *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r.items() if k not in
+                                     ("run", "status") and not k.startswith(("best", "final")))])
+              for r in rows]
+    plot_curves(ranked, list(plot_metrics or [metric]), out / "learning_curves.png", x_axis, labels)
+    log.info("%d runs ranked by %s (%s):\n%s", len(rows), metric, mode, table)
+    log.info("written: %s, %s, %s", out / "compare.csv", out / "compare.md", out / "learning_curves.png")
+    return rows

@@ -72,8 +72,10 @@ def job_record(job_return: JobReturn, output_dir: Path, metric: str) -> dict[str
 
 
 def summary_rows(records: list[dict[str, Any]], mode: str = "max") -> list[dict[str, Any]]:
-    """Job records → table rows, best first: job, the overrides that differ between jobs, the
-    metric, status and error (failed jobs last)."""
+    """Job records → table rows, best first (failed jobs last).
+
+    Columns: job, the overrides that differ between jobs, the metric, status and error.
+    """
     parsed = [parse_overrides(r["overrides"]) for r in records]
     keys = list(dict.fromkeys(k for p in parsed for k in p))
     varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1] or keys
@@ -86,8 +88,11 @@ def summary_rows(records: list[dict[str, Any]], mode: str = "max") -> list[dict[
 
 
 def write_sweep_summary(sweep_dir: str | Path, mode: str = "max") -> list[dict[str, Any]]:
-    """Collect every ``job_result.json`` under ``sweep_dir``; write ``sweep_summary.csv`` and
-    ``.md`` there; return the rows (empty when no job left a record)."""
+    """Collect every ``job_result.json`` under ``sweep_dir`` into the sweep's summary.
+
+    Write ``sweep_summary.csv`` and ``.md`` there; return the rows (empty when no job left a
+    record).
+    """
     import json
 
     from src.data.io import write_text
@@ -135,6 +140,7 @@ class SweepSummary(Callback):
         self.mode = mode
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """In a multirun, write the job's record (``job_result.json``) to its output folder."""
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
@@ -148,4 +154,5 @@ class SweepSummary(Callback):
         write_json(output_dir / JOB_RESULT, to_jsonable(job_record(job_return, output_dir, metric)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the sweep's summary table (CSV and Markdown) to the sweep folder."""
         write_sweep_summary(config.hydra.sweep.dir, self.mode)

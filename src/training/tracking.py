@@ -63,8 +63,11 @@ def wandb_run_id_in(run_dir: str | Path) -> str | None:
 
 
 def run_dir_of_checkpoint(ckpt_path: str | Path | None, save_dir: str | Path) -> Path | None:
-    """The run directory a resumed training comes from: ``save_dir`` for ``ckpt_path=last``
-    (Lightning looks in this run's ``checkpoints/``), else the folder above ``checkpoints/``."""
+    """The run directory a resumed training comes from.
+
+    ``save_dir`` for ``ckpt_path=last`` (Lightning looks in this run's ``checkpoints/``), else
+    the folder above ``checkpoints/``.
+    """
     if ckpt_path in (None, ""):
         return None
     if str(ckpt_path) in ("last", "hpc"):
@@ -76,9 +79,11 @@ def run_dir_of_checkpoint(ckpt_path: str | Path | None, save_dir: str | Path) ->
 def sweep_run_identity(
     name: str | None, group: str | None, tags: Sequence[str], hydra_cfg: Mapping[str, Any] | None,
 ) -> tuple[str | None, str | None, list[str]]:
-    """Run name, group and tags of a W&B run: as configured for a single run; inside a Hydra
-    multirun the name gets the job number and the job's overrides, the group becomes
-    ``<group>/<sweep folder>`` (all jobs of one sweep side by side) and the tags get ``sweep``.
+    """Run name, group and tags of a W&B run, as configured or from the Hydra multirun job.
+
+    As configured for a single run; inside a Hydra multirun the name gets the job number and the
+    job's overrides, the group becomes ``<group>/<sweep folder>`` (all jobs of one sweep side by
+    side) and the tags get ``sweep``.
 
     ``hydra_cfg`` is ``HydraConfig.get()`` (or None outside Hydra).
     """
@@ -157,8 +162,11 @@ def make_wandb_logger(
 
 
 def finish_wandb_run(exit_code: int = 0) -> None:
-    """Close the active W&B run of this process, if any (Lightning's logger leaves it open, and a
-    later ``WandbLogger`` in the same process, e.g. the next job of a sweep, would reuse it)."""
+    """Close the active W&B run of this process, if any.
+
+    Lightning's logger leaves it open, and a later ``WandbLogger`` in the same process, e.g. the
+    next job of a sweep, would reuse it.
+    """
     import sys
 
     wandb = sys.modules.get("wandb")
@@ -174,8 +182,9 @@ def make_mlflow_logger(
     tags: Sequence[str] = (),
     **kwargs,
 ) -> MLFlowLogger:
-    """A Lightning ``MLFlowLogger``: a local SQLite store (``sqlite:///PATH``, folder created)
-    or a tracking server (``http://host:port``).
+    """A Lightning ``MLFlowLogger`` on a local SQLite store or a tracking server.
+
+    The store: ``sqlite:///PATH`` (folder created) or a tracking server (``http://host:port``).
 
     ``group`` and ``tags`` become MLflow run tags (``group=<group>``, ``<tag>=true``); inside a
     Hydra sweep the run is named and grouped like the W&B run (:func:`sweep_run_identity`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.analysis.baselines import multi_otsu_segment
+from src.analysis.segmenters import multi_otsu_segment
 from tests.helpers import compose, shared_data
 
 TRAIN_SLICES = ["1", "200", "103", "510", "929", "394", "546"]
@@ -50,7 +50,7 @@ def test_multi_otsu_maps_intensity_classes_to_named_phases():
 def test_kmeans_and_random_forest_baselines():
     from scipy import ndimage
 
-    from src.analysis.baselines import RandomForestSegmenter, filter_features, kmeans_segment
+    from src.analysis.segmenters import RandomForestSegmenter, filter_features, kmeans_segment
     from tests.helpers import blob_labels
 
     rng = np.random.default_rng(1)

@@ -43,8 +43,10 @@ def check_output_file(
     path: str | os.PathLike[str], key: str = "output", inputs: Iterable[str | os.PathLike[str]] = (),
     overwrite: bool = True,
 ) -> Path:
-    """``path`` can be written as an output file: not a folder, not one of the ``inputs``, its
-    folder creatable and writable, and (without ``overwrite``) not existing yet.
+    """Check that ``path`` can be written as an output file.
+
+    Not a folder, not one of the ``inputs``, its folder creatable and writable, and (without
+    ``overwrite``) not existing yet.
 
     Args:
         path: the output file.

@@ -1,5 +1,6 @@
-"""Spectral stacks for XANES: reading ``(E, y, x)`` / ``(E, z, y, x)`` with an energy list
-(aligning the energies: :mod:`src.xanes.alignment`).
+"""Spectral stacks for XANES: reading ``(E, y, x)`` / ``(E, z, y, x)`` with an energy list.
+
+Aligning the energies: :mod:`src.xanes.alignment`.
 
 Stacks: a TIFF (3D: energy, y, x; 4D: energy, z, y, x), a folder of one TIFF per energy
 (naturally sorted), a ``.npy`` array or an HDF5 dataset (``file.h5`` with ``dataset=``, or

@@ -55,12 +55,15 @@ class VolumeSource:
 
     @property
     def ndim(self) -> int:
+        """Number of axes: 3 for (z, y, x), 2 for (y, x)."""
         return len(self.shape)
 
     def read(self, region: Region) -> np.ndarray:
+        """The numpy array of ``region`` (a tuple of slices)."""
         return np.asarray(self._reader(region))
 
     def close(self) -> None:
+        """Close the underlying file, if any; later calls do nothing."""
         if self._closer is not None:
             self._closer()
             self._closer = None
@@ -249,6 +252,7 @@ class VolumeOutput:
     probabilities: Any
 
     def write(self, region: Region, labels: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Write ``region``'s ``labels`` and, when kept, ``probabilities`` (C, ...); then flush."""
         self.labels[region] = labels
         if probabilities is not None and self.probabilities is not None:
             self.probabilities[(slice(None), *region)] = probabilities
@@ -270,8 +274,10 @@ class MemoryOutput(VolumeOutput):
 
 
 class ZarrOutput(VolumeOutput):
-    """A Zarr group with arrays ``labels`` and (optionally) ``probabilities``, chunked like the
-    prediction so that each process writes whole chunks only."""
+    """A Zarr group with arrays ``labels`` and (optionally) ``probabilities``.
+
+    Chunked like the prediction so that each process writes whole chunks only.
+    """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
         import zarr
@@ -291,6 +297,7 @@ class ZarrOutput(VolumeOutput):
         self.probabilities = group["probabilities"] if "probabilities" in group else None
 
     def finalize(self) -> None:
+        """Mark the group complete and move a staged replacement to its final path."""
         self.group.attrs["complete"] = True
         final = self.group.attrs.get("final_path")
         if final and Path(final) != self.path:  # a replacement staged beside the old output
@@ -342,8 +349,10 @@ def probabilities_path(path: Path) -> Path:
 
 
 class TiffOutput(VolumeOutput):
-    """Uncompressed (Big)TIFFs ``path`` (labels) and ``<stem>_probs.tif`` (C, z, y, x), filled
-    through memory maps under hidden ``.partial`` names and renamed when complete."""
+    """Uncompressed (Big)TIFFs ``path`` (labels) and ``<stem>_probs.tif`` (C, z, y, x).
+
+    Filled through memory maps under hidden ``.partial`` names and renamed when complete.
+    """
 
     def __init__(self, path: Path, create: dict | None = None) -> None:
         self.path = path
@@ -362,6 +371,7 @@ class TiffOutput(VolumeOutput):
         self.probabilities = _MappedTiff(self.files[1][0]) if len(self.files) > 1 else None
 
     def finalize(self) -> None:
+        """Rename the hidden partial TIFFs to their final names."""
         for partial, final in self.files:
             os.replace(partial, final)
 
@@ -378,9 +388,12 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 
 def create_output(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], n_classes: int,
                   attrs: dict | None = None) -> VolumeOutput:
-    """A new output at ``path`` (``n_classes`` 0: labels only). A finished output already at
-    ``path`` is replaced only when the new one is complete: TIFFs fill hidden partial files,
-    a Zarr store is staged at :func:`zarr_partial` and moved in place by ``finalize``."""
+    """A new output at ``path`` (``n_classes`` 0: labels only).
+
+    A finished output already at ``path`` is replaced only when the new one is complete: TIFFs
+    fill hidden partial files, a Zarr store is staged at :func:`zarr_partial` and moved in place
+    by ``finalize``.
+    """
     spec = {"shape": shape, "chunks": chunks, "n_classes": n_classes, "attrs": attrs or {}}
     if output_kind(path) == "tiff":
         return TiffOutput(path, spec)

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from src.analysis.chunked import chunked_statistics, open_lazy, rev_tortuosity
 from src.analysis.morphology import local_thickness, surface_statistics, volume_fractions
+from src.analysis.particles import weighted_quantiles
 from src.analysis.transport import tortuosity_factor
 from src.data.io import write_tiff
 from tests.helpers import blob_labels
@@ -37,6 +38,8 @@ def _check(labels, stats):
     got = stats["components"]["NMC"]
     assert got["count"] == count
     assert sorted(got["voxels"]) == sorted(sizes.tolist())
+    diameters = (6.0 * sizes / np.pi) ** (1 / 3) * 0.04  # volume-weighted d50, the in-memory rule
+    assert got["d50_um"] == pytest.approx(weighted_quantiles(diameters, sizes, np.array([0.5]))[0], rel=1e-12)
     if stats["local_thickness"]:
         lt = local_thickness(labels == 2, 0.04)
         assert stats["local_thickness"]["pore"]["mean_um"] == pytest.approx(lt["mean_um"], rel=1e-6)
@@ -55,13 +58,12 @@ def test_chunked_equals_in_memory_on_threads(volume, tmp_path):
     assert rev["tortuosity_factor"][-1] == pytest.approx(tortuosity_factor(cube, 0)["tortuosity_factor"])
 
 
-@pytest.mark.slow
 def test_chunked_equals_in_memory_on_a_local_cluster(volume, tmp_path):
     distributed = pytest.importorskip("distributed")
     labels, path = volume
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=16, rev_phases=[],
+        stats = chunked_statistics(path, PHASES, 40, label_values=[85, 170, 0], chunk=24, rev_phases=[],
                                    thickness_phases=[], cluster=cluster.scheduler_address)
     _check(labels, stats)
 
@@ -114,3 +116,26 @@ def test_analyze_command_chunked(volume, tmp_path):
         row = next(csv.DictReader(f))
     assert float(row["volume_fraction/NMC"]) == pytest.approx(np.mean(labels == 0))
     assert int(float(row["component_count/NMC"])) == ndimage.label(labels == 0)[1]
+
+
+def test_chunked_statistics_show_a_bar_per_statistic(monkeypatch, tmp_path):
+    import dask.callbacks
+    import tqdm.dask
+
+    shown = []
+
+    class Bar(dask.callbacks.Callback):  # what tqdm's dask callback is asked to show
+        def __init__(self, desc, **_kwargs):
+            super().__init__()
+            self.desc, self.tasks = desc, 0
+            shown.append(self)
+
+        def _posttask(self, *args):
+            self.tasks += 1
+
+    monkeypatch.setattr(tqdm.dask, "TqdmCallback", Bar)
+    path = tmp_path / "small.tif"
+    write_tiff(path, blob_labels((20, 24, 22), seed=2))
+    stats = chunked_statistics(path, PHASES, 40, chunk=12, rev_phases=[])
+    assert [b.desc for b in shown] == list(stats["timings_s"])
+    assert all(b.tasks > 0 for b in shown[:2])  # fractions and surfaces ran as dask tasks under their bar

@@ -294,3 +294,46 @@ def test_voxel_size_in_um_given_as_nm_is_flagged(caplog):
     ok = compute_statistics(lab, PHASES, 40.0, tortuosity=False, thickness_phases=[], axes=(0,),
                             particles={"exclude_border": False})
     assert not any("d50" in n for n in ok["notes"])
+
+
+def test_every_statistic_has_a_progress_bar_and_a_logged_time(monkeypatch, caplog):
+    import src.analysis.morphology as morphology
+
+    bars = []
+
+    class Bar:  # records what tqdm is asked to show
+        def __init__(self, total, desc, **_kwargs):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            self.n += n
+
+    monkeypatch.setattr(morphology, "tqdm", Bar)
+    lab = blob_labels((24, 26, 28), seed=3)
+    with caplog.at_level("INFO", logger="src.analysis.morphology"):
+        stats = compute_statistics(lab, PHASES, 40, axes=(0,), thickness_phases=["pore"])
+    shown = {b.desc: (b.n, b.total) for b in bars}
+    assert set(shown) == set(stats["timings_s"]) == {"volume_fraction", "surfaces", "particles", "connectivity",
+                                                     "local_thickness", "tortuosity"}
+    assert shown["surfaces"] == (3, 3) and shown["particles"] == (2, 2) and shown["tortuosity"] == (2, 2)
+    assert shown["connectivity"] == (3, 3) and shown["local_thickness"] == (1, 1)
+    for key in shown:
+        assert any(r.getMessage().startswith(f"{key}: ") and r.getMessage().endswith(" s") for r in caplog.records)
+
+
+def test_phase_surfaces_in_parallel_processes_equal_serial(monkeypatch):
+    import src.analysis.morphology as morphology
+
+    lab = blob_labels((30, 32, 34), seed=8)
+    serial = morphology.surface_statistics(lab, PHASES, 0.04, workers=1)
+    monkeypatch.setattr(morphology, "PARALLEL_VOXELS", 0)
+    parallel = morphology.surface_statistics(lab, PHASES, 0.04, workers=2)
+    for key in ("surface_area_um2", "interface_area_um2", "surface_fraction"):
+        assert parallel[key] == serial[key], key

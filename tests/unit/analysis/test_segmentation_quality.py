@@ -128,8 +128,8 @@ def _smooth_field(seed: int, shape=(64, 80)) -> np.ndarray:
 
 
 def test_label_consistency_separates_consistent_from_slice_dependent_labels():
-    from src.analysis.baselines import RandomForestSegmenter
     from src.analysis.label_consistency import format_consistency_table, label_consistency
+    from src.analysis.segmenters import RandomForestSegmenter
 
     images = [_smooth_field(s) for s in range(3)]
 

@@ -184,7 +184,7 @@ def test_recon_configs_compose():
     for name in ("model_checkpoint", "early_stopping"):
         assert cfg.callbacks[name].monitor == "val/psnr" and cfg.callbacks[name].mode == "max"
     assert cfg.callbacks.image_panel is None
-    assert cfg.callbacks.recon_panel._target_ == "src.training.recon_panels.ReconstructionPanelLogger"
+    assert cfg.callbacks.recon_panel._target_ == "src.training.reconstruction_panels.ReconstructionPanelLogger"
     assert cfg.model.net.n_angles == 60 and cfg.data.photons == 1e4
     assert cfg.model.net._target_ == "src.models.nets.reconstruction.LearnedPrimalDual"
     assert cfg.model._target_ == "src.models.reconstruction.ReconstructionModule"

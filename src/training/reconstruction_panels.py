@@ -24,7 +24,8 @@ def _grey(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def recon_panel_rgb(truth: np.ndarray, fbp: np.ndarray, recon: np.ndarray, gap: int = 4) -> np.ndarray:
     """``(H, W)`` truth, FBP, learned and error (x2 gain) side by side -> ``(H, 4 W + gaps, 3)`` uint8.
 
-    The three images share the grey scale of the truth (its min..max)."""
+    The three images share the grey scale of the truth (its min..max).
+    """
     lo, hi = float(truth.min()), float(truth.max())
     err = np.abs(recon - truth)
     tiles = [_grey(truth, lo, hi), _grey(fbp, lo, hi), _grey(recon, lo, hi),
@@ -65,8 +66,9 @@ def save_recon_panel_png(
 
 
 class ReconstructionPanelLogger(PanelLogger):
-    """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch,
-    sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
+    """Each validation epoch: a panel (truth, FBP, learned, error) of the first validation batch.
+
+    Sent to W&B / TensorBoard and written to ``<run>/panels/val_epoch<NNN>.png``.
 
     Expects the validation step to return ``{"recon", "fbp"}`` and batches with ``"image"``.
 
@@ -78,19 +80,24 @@ class ReconstructionPanelLogger(PanelLogger):
     output_key = "recon"
 
     def keep(self, batch: dict, outputs: dict) -> tuple:
+        """Truth, FBP and learned reconstruction of the first ``n_samples``, channel dropped."""
         n = self.n_samples
         return batch["image"][:n, 0], outputs["fbp"][:n, 0], outputs["recon"][:n, 0]
 
     def prepare(self, arrays: tuple) -> tuple:
+        """The kept arrays as lists of (H, W) images."""
         return tuple(list(a) for a in arrays)
 
     def save_png(self, path: Path, arrays: tuple, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Write the (truth, FBP, learned, error) panel to ``path``."""
         save_recon_panel_png(path, *arrays, title=f"validation, epoch {epoch}")
 
     def wandb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list:
+        """``wandb.Image`` objects of the panel, one a sample."""
         import wandb
 
         return [wandb.Image(recon_panel_rgb(t, f, r), caption=" | ".join(COLUMNS)) for t, f, r in zip(*arrays, strict=True)]
 
     def rgb_images(self, arrays: tuple, pl_module: pl.LightningModule) -> list[np.ndarray]:
+        """(H, W, 3) images (truth, FBP, learned, error), one a sample, for TensorBoard."""
         return [recon_panel_rgb(t, f, r) for t, f, r in zip(*arrays, strict=True)]

@@ -1,4 +1,4 @@
-"""Classical segmentation baselines that the learned models are compared against.
+"""Classical segmenters (multi-Otsu, k-means, random forest): the baselines the learned models are compared against.
 
 Each baseline is also a *segmenter* with one interface, so ``evaluate.py method=...`` runs any
 of them like a checkpoint: ``fit(images, labels)`` (a no-op for the unsupervised ones) and
@@ -158,9 +158,11 @@ class MultiOtsuSegmenter:
         check_intensity_order(self.class_names, self.dark_to_bright)
 
     def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> MultiOtsuSegmenter:
+        """Nothing to fit (unsupervised); returns ``self``."""
         return self
 
     def predict(self, image: np.ndarray) -> np.ndarray:
+        """uint8 labels of a normalised image by :func:`multi_otsu_segment`."""
         return multi_otsu_segment(image, self.class_names, self.dark_to_bright, self.sigma)
 
 
@@ -175,7 +177,9 @@ class KMeansSegmenter:
         check_intensity_order(self.class_names, self.dark_to_bright)
 
     def fit(self, images: Sequence[np.ndarray] = (), labels: Sequence[np.ndarray] = ()) -> KMeansSegmenter:
+        """Nothing to fit (unsupervised); returns ``self``."""
         return self
 
     def predict(self, image: np.ndarray) -> np.ndarray:
+        """uint8 labels of a normalised image by :func:`kmeans_segment`."""
         return kmeans_segment(image, self.class_names, self.dark_to_bright, self.sigma, self.seed)
