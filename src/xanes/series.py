@@ -13,7 +13,8 @@ A manifest (CSV or YAML) lists the states, each a spectral stack or a spectrum f
 
 (CSV: columns ``path``, ``time_s`` or ``time_h``, optional ``name``, ``energies``,
 ``segmentation``). Paths are relative to the manifest. Every state is analysed with the same
-code and the same ranges: ``e0`` and the windows are resolved on the first state and kept for
+code, end-members (``references=from_data``: derived once from the valid spectra of all
+states pooled) and ranges: ``e0`` and the windows are resolved on the first state and kept for
 all, so the edge energies compare. The electrochemistry (:func:`src.data.io.electrochem.read_electrochem`)
 gives each state's voltage and the charge passed (interpolated at its time). With segmentations,
 the particles of consecutive states are matched by overlap
@@ -148,7 +149,9 @@ def run_series(cfg: DictConfig) -> dict[str, Any]:
     from src.analysis.statistics_table import write_csv_atomic
     from src.data.io import to_jsonable, write_json
     from src.data.io.electrochem import read_electrochem
-    from src.xanes.maps import analyze, particle_statistics
+    from src.xanes.edge import normalize_spectra
+    from src.xanes.end_members import end_members_from_data
+    from src.xanes.maps import analyze, mask_edge_shape, particle_statistics
     from src.xanes.pipeline import (
         FROM_DATA,
         _analysis_config,
@@ -161,23 +164,50 @@ def run_series(cfg: DictConfig) -> dict[str, Any]:
     echem = read_electrochem(echem_file) if echem_file else None  # read before any analysis
     energies_file = Path(cfg.energies) if cfg.get("energies") else extra.get("energies")
     refs, names, ref_files = load_end_member_spectra(cfg)
-    if refs == FROM_DATA:
-        raise ValueError("references=from_data is per stack: derive the end-members on one state "
-                         "(python xanes.py input=... references=from_data) and give them as files")
-    analysis = _analysis_config(cfg, False)
+    from_data = refs == FROM_DATA
+    analysis = _analysis_config(cfg, from_data)
     class_names = [str(c) for c in cfg.class_names]
     label_values = None if cfg.label_values is None else [int(v) for v in cfg.label_values]
     phase = None if cfg.mask_phase is None else str(cfg.mask_phase)
     out = Path(cfg.output_dir)
+    if cfg.mask:
+        log.warning("mask= is ignored in series mode: give each state a 'segmentation' column")
+
+    def state_mask(state: SeriesState, stack: np.ndarray) -> np.ndarray:
+        if state.segmentation is None:
+            return np.ones(stack.shape[1:], bool)
+        return load_segmentation(state.segmentation, stack.shape[1:], class_names, phase, label_values)[0]
+
+    basis = None
+    if from_data:  # end-members from the pooled valid spectra of all states
+        refs = None
+        pooled_norm, pooled_edge, first = [], [], None
+        for k, state in enumerate(states):
+            energies, stack = _read_state(state, energies_file, cfg)
+            if first is None:
+                first = energies
+            elif energies.shape != first.shape or not np.allclose(energies, first):
+                raise ValueError(f"references=from_data in a series needs one energy list; state {state.name} "
+                                 f"has {energies.size} energies {energies[0]:.1f}-{energies[-1]:.1f} eV, the first "
+                                 f"state {first.size}")
+            mask = state_mask(state, stack)
+            res = analyze(energies, stack, mask, None, None, analysis)
+            if k == 0:
+                analysis.ranges, analysis.fit_to_scan = res.ranges, False
+            flat = stack.reshape(energies.size, -1)
+            idx = np.flatnonzero((res.maps["valid"].astype(bool) & mask).ravel())
+            sub = idx[:: max(1, idx.size * len(states) // 50000)]
+            pooled_norm.append(normalize_spectra(energies, flat[:, sub], analysis.ranges,
+                                                 mask_edge_shape(energies, flat, idx, analysis.ranges)).norm)
+            pooled_edge.append(res.maps["edge_energy"].ravel()[sub])
+        basis = end_members_from_data(np.concatenate(pooled_norm, 1), np.concatenate(pooled_edge),
+                                      fraction=float(cfg.from_data.fraction), iterations=int(cfg.from_data.iterations))
+        ref_files = {"method": "from_data: extreme states pooled over the series' states", **ref_files}
     rows, regions, particle_rows = [], [], []
     for k, state in enumerate(states):
         energies, stack = _read_state(state, energies_file, cfg)
-        mask = np.ones(stack.shape[1:], bool)
-        if state.segmentation is not None:
-            mask = load_segmentation(state.segmentation, stack.shape[1:], class_names, phase, label_values)[0]
-        elif cfg.mask and k == 0:
-            log.warning("mask= is ignored in series mode: give each state a 'segmentation' column")
-        result = analyze(energies, stack, mask, refs, names or None, analysis)
+        mask = state_mask(state, stack)
+        result = analyze(energies, stack, mask, refs, names or None, analysis, basis=basis)
         if k == 0:  # the same e0 and windows for every state
             analysis.ranges, analysis.fit_to_scan = result.ranges, False
             for note in result.notes:

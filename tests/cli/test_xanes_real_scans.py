@@ -151,6 +151,10 @@ def test_series_with_mpt_tracks_charge_and_particles(members, tmp_path):
         assert np.all(np.diff(soc) > 0.1) and abs(soc.mean() - schedule.mean()) < 0.1, soc
     socs = np.array([float(r["soc_mean"]) for r in rows])
     assert np.abs(socs - schedule - offsets[1:].mean()).max() < 0.05
+    own = run_xanes(compose("xanes", [f"series={tmp_path}/series.yaml", f"output_dir={tmp_path}/own",
+                                      "references=from_data", "figure=false"]))  # end-members of the series
+    own_soc = np.array([r["soc_mean"] for r in own["states"]])
+    assert np.all(np.diff(own_soc) > 0.1) and own_soc[0] < 0.2 and own_soc[-1] > 0.8
 
 
 def _train_tiny_denoiser(members, path: Path) -> Path:
