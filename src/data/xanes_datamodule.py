@@ -32,6 +32,7 @@ from src.simulation.imaging import ImagingConfig
 from src.data.io import atomic_output, to_jsonable
 from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
 from src.simulation.xanes_scan import (
+    DEFAULT_REFERENCE_DIR,
     XanesSimConfig,
     load_end_members,
     reduced_energy_indices,
@@ -141,7 +142,8 @@ class XanesDataModule(pl.LightningDataModule):
         if crop > min(shape[1:]):
             raise ValueError(f"data.crop {crop} exceeds the slice size {shape[1:]}")
         self.sim = XanesSimConfig(**dict(xanes or {}))
-        self.sim.reference_dir = str(Path(self.sim.reference_dir).resolve())  # one cache key per folder
+        # one cache key per folder; None: the end-members shipped with the package
+        self.sim.reference_dir = str(Path(self.sim.reference_dir or DEFAULT_REFERENCE_DIR).resolve())
         self.imaging = ImagingConfig(n_angles=n_angles)
         self.energies = self.sim.energy_grid()
         self.input_indices = (np.arange(self.energies.size) if n_input_energies in (None, self.energies.size)

@@ -54,7 +54,14 @@ from src.simulation.imaging import (
     measure_line_integrals,
 )
 from src.simulation.microstructure import PHASES, MicrostructureConfig, generate_microstructure
-from src.xanes.edge import EdgeRanges, half_jump_energy, load_spectrum, normalize_spectra
+from src.xanes.edge import (
+    EdgeRanges,
+    fit_ranges_to_scan,
+    half_jump_energy,
+    load_spectrum,
+    normalize_spectra,
+)
+from src.xanes.references import builtin_reference_dir
 
 __all__ = [
     "DEFAULT_REFERENCE_DIR",
@@ -72,7 +79,8 @@ __all__ = [
     "write_xanes_sample",
 ]
 
-DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xanes"
+#: the shipped end-members (package data of src.xanes: a fresh install has them)
+DEFAULT_REFERENCE_DIR = builtin_reference_dir()
 #: edge-analysis ranges matching :func:`default_energies` (relative to e0 = 8346 eV)
 SIMULATION_RANGES = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0), post_order=1,
                                edge=(-12.0, 12.0), white_line=(-2.0, 14.0))
@@ -122,12 +130,12 @@ def _half_max_crossing(energies: np.ndarray, mu: np.ndarray) -> float:
 
 
 def load_end_members(
-    reference_dir: str | Path = DEFAULT_REFERENCE_DIR, edge_discharged_eV: float = 8346.0,
+    reference_dir: str | Path | None = DEFAULT_REFERENCE_DIR, edge_discharged_eV: float = 8346.0,
     edge_charged_eV: float = 8348.5, step_eV: float = 0.05,
 ) -> EndMembers:
     """``ref_NiO.txt`` / ``ref_LiNiO2.txt`` shifted to the NMC half-maximum anchors, on a
     ``step_eV`` grid over their common range."""
-    ref = Path(reference_dir)
+    ref = Path(reference_dir or DEFAULT_REFERENCE_DIR)
     files = [ref / "ref_NiO.txt", ref / "ref_LiNiO2.txt"]
     for f in files:
         if not f.exists():
@@ -148,7 +156,7 @@ class XanesSimConfig:
     """Chemistry, spectra and dose of the XANES simulation (absorption per voxel, 1/voxel)."""
 
     energies: tuple[float, ...] | None = None  # eV; None: default_energies()
-    reference_dir: str = str(DEFAULT_REFERENCE_DIR)
+    reference_dir: str | None = str(DEFAULT_REFERENCE_DIR)  # None: the shipped end-members
     edge_discharged_eV: float = 8346.0  # half of the maximum, discharged NMC
     edge_charged_eV: float = 8348.5  # half of the maximum, charged NMC
     soc_mean: float = 0.5
@@ -307,7 +315,9 @@ def make_xanes_sample(
     labels = generate_microstructure(micro, seed)
     members = load_end_members(cfg.reference_dir, cfg.edge_discharged_eV, cfg.edge_charged_eV)
     soc, particles = simulate_soc(labels, cfg, seed)
-    edge, _ = true_edge_energy(soc, cfg, members)
+    # the truth's normalisation: the fixed simulation ranges, placed inside the scan when it is
+    # narrower (the same energies for the default scan)
+    edge, _ = true_edge_energy(soc, cfg, members, fit_ranges_to_scan(cfg.energy_grid(), SIMULATION_RANGES)[0])
     energies = cfg.energy_grid() if energies is None else np.asarray(energies, float)
     stack, shifts = simulate_xanes_stack(labels, soc, cfg, imaging, seed, energies, photons,
                                          members, progress)

@@ -39,6 +39,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,9 @@ __all__ = [
     "LCFResult",
     "NormalizedSpectra",
     "edge_shape",
+    "find_e0",
+    "fit_ranges_to_scan",
+    "reference_overlap",
     "half_jump_energy",
     "half_jump_energy_fit",
     "interpolate_references",
@@ -73,7 +77,7 @@ class EdgeRanges:
     half width (eV) of the parabola fit around the maximum.
     """
 
-    e0: float = 8346.0
+    e0: float | None = 8346.0
     pre: tuple[float, float] = (-60.0, -15.0)
     post: tuple[float, float] = (20.0, 60.0)
     edge: tuple[float, float] = (-12.0, 12.0)
@@ -91,20 +95,36 @@ class EdgeRanges:
         if self.pre[1] > 0 or self.post[0] < 0:
             raise ValueError(f"pre-edge range {self.pre} must end below e0 and post-edge range "
                              f"{self.post} must start above it (relative eV)")
-        if self.post_order not in (1, 2):
-            raise ValueError(f"post_order must be 1 or 2, got {self.post_order}")
+        if self.post_order not in (0, 1, 2):
+            raise ValueError(f"post_order must be 0 (constant), 1 or 2, got {self.post_order}")
+        if self.e0 is not None:
+            self.e0 = float(self.e0)
 
     def absolute(self, name: str) -> tuple[float, float]:
         """A range in absolute eV."""
+        if self.e0 is None:
+            raise ValueError("EdgeRanges.e0 is None (to be found from the data): resolve it first "
+                             "(src.xanes.edge.find_e0 / fit_ranges_to_scan)")
         lo, hi = getattr(self, name)
         return (self.e0 + lo, self.e0 + hi)
 
     def describe(self) -> str:
         """Human-readable absolute fit ranges (printed with every result)."""
+        if self.e0 is None:
+            return "e0 from the data; ranges relative to it: " + ", ".join(
+                f"{k} {getattr(self, k)}" for k in ("pre", "post", "edge", "white_line"))
         pre, post = self.absolute("pre"), self.absolute("post")
+        kind = {0: "constant", 1: "line", 2: "quadratic"}[self.post_order]
         return (f"e0 {self.e0:.1f} eV; pre-edge line {pre[0]:.1f}-{pre[1]:.1f} eV; post-edge "
-                f"{'line' if self.post_order == 1 else 'quadratic'} {post[0]:.1f}-{post[1]:.1f} eV"
+                f"{kind} {post[0]:.1f}-{post[1]:.1f} eV"
                 f"{' (flattened)' if self.flatten else ''}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ranges actually used, in absolute eV (for ``summary.json``)."""
+        out: dict[str, Any] = {"e0_eV": self.e0, "post_order": self.post_order, "flatten": self.flatten}
+        for name in ("pre", "post", "edge", "white_line"):
+            out[f"{name}_eV"] = list(self.absolute(name)) if self.e0 is not None else None
+        return out
 
 
 @dataclass
@@ -184,6 +204,8 @@ def edge_shape(energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges | N
             or (pre0 + pre1 * lo) * (pre0 + pre1 * hi) <= 0:
         return None
     post = np.asarray(n.post_coef, np.float64).copy()
+    if post.size < 2:  # a constant post-edge: above the pre-edge line it is a line
+        post = np.concatenate([post, [0.0]])
     post[:2] -= (pre0, pre1)
     return EdgeShape(pre_slope=pre1 / pre0, post=tuple(float(v) for v in post / jump))
 
@@ -269,9 +291,9 @@ def normalize_spectra(
     if not min_relative_jump >= 0:
         raise ValueError(f"min_relative_jump must be >= 0, got {min_relative_jump}")
     if shape is not None:
-        if len(shape.post) != ranges.post_order + 1:
+        if len(shape.post) != max(ranges.post_order, 1) + 1:
             raise ValueError(f"EdgeShape.post has {len(shape.post)} coefficients, post_order "
-                             f"{ranges.post_order} needs {ranges.post_order + 1}")
+                             f"{ranges.post_order} needs {max(ranges.post_order, 1) + 1}")
         return _normalize_shared(energies, spectra, ranges, shape, min_relative_jump)
     energies, flat, rest = _check(energies, spectra)
     dtype = np.result_type(flat.dtype, np.float32)  # float32 stays float32 (half the memory traffic)
@@ -316,7 +338,7 @@ def _normalize_shared(
     y = flat.astype(dtype, copy=False)
     de = energies - ranges.e0
     pre = _rows(_in(energies, ranges.absolute("pre"), "pre-edge", 2))
-    post = _rows(_in(energies, ranges.absolute("post"), "post-edge", ranges.post_order + 1))
+    post = _rows(_in(energies, ranges.absolute("post"), "post-edge", max(ranges.post_order, 1)))
     line = 1.0 + shape.pre_slope * de  # (E,) the pre-edge line per unit level
     level = (line[pre] / (line[pre] @ line[pre])).astype(dtype) @ y[pre]  # (N,)
     pre_fit = line.astype(dtype)[:, None] * level  # (E, N)
@@ -334,6 +356,8 @@ def _normalize_shared(
     pre_coef = np.stack([level, level * shape.pre_slope])
     post_coef = np.stack([jump * c for c in shape.post])
     post_coef[:2] += pre_coef
+    if ranges.post_order == 0:
+        post_coef = post_coef[:1]
     return NormalizedSpectra(
         norm=norm.reshape(energies.size, *rest), jump=jump.reshape(rest),
         significant=significant.reshape(rest),
@@ -550,24 +574,46 @@ class LCFResult:
     residual: np.ndarray
 
 
+def reference_overlap(energies: np.ndarray, e_ref: np.ndarray) -> np.ndarray:
+    """Bool ``(E,)``: the scan ``energies`` inside the span of a reference's energies ``e_ref``."""
+    energies = np.asarray(energies, float)
+    return (energies >= e_ref[0]) & (energies <= e_ref[-1])
+
+
 def interpolate_references(
     energies: np.ndarray, references: Sequence[tuple[np.ndarray, np.ndarray]],
     ranges: EdgeRanges | None = None, normalize: bool = True,
 ) -> np.ndarray:
     """End-member spectra ``[(energies_eV, mu), ...]`` sampled at ``energies`` → ``(E, K)``.
 
-    With ``normalize`` each sampled end-member is normalised with ``ranges`` *on the same
-    energies* as the data, so that it is comparable with the normalised voxel spectra.
+    Each end-member is interpolated on its **overlap** with the scan; scan energies outside a
+    reference's span are NaN in its column (:func:`linear_combination_fit` then fits the
+    energies all end-members cover). With ``normalize`` each sampled end-member is normalised
+    with ``ranges`` *on the same energies* as the data (those of the overlap), so that it is
+    comparable with the normalised voxel spectra; where the overlap does not hold the pre- or
+    post-edge window, the end-member is normalised on its own energies with the windows fitted
+    to them (:func:`fit_ranges_to_scan`) and then interpolated. Raises ValueError naming the
+    span when a reference does not overlap the scan at all.
     """
     energies = np.asarray(energies, float)
+    ranges = ranges or EdgeRanges()
     cols = []
     for e_ref, mu_ref in references:
-        if energies[0] < e_ref[0] or energies[-1] > e_ref[-1]:
-            raise ValueError(f"reference spectrum spans {e_ref[0]:.1f}-{e_ref[-1]:.1f} eV, "
-                             f"the data {energies[0]:.1f}-{energies[-1]:.1f} eV")
-        cols.append(np.interp(energies, e_ref, mu_ref))
-    raw = np.stack(cols, 1)
-    return normalize_spectra(energies, raw, ranges).norm if normalize else raw
+        e_ref, mu_ref = np.asarray(e_ref, float), np.asarray(mu_ref, float)
+        inside = reference_overlap(energies, e_ref)
+        if inside.sum() < 2:
+            raise ValueError(f"reference spectrum spans {e_ref[0]:.1f}-{e_ref[-1]:.1f} eV and does not "
+                             f"overlap the data ({energies[0]:.1f}-{energies[-1]:.1f} eV)")
+        col = np.full(energies.size, np.nan)
+        col[inside] = np.interp(energies[inside], e_ref, mu_ref)
+        if normalize:
+            try:
+                col[inside] = normalize_spectra(energies[inside], col[inside], ranges).norm
+            except ValueError:  # the overlap misses a window: normalise on the reference's grid
+                own, _ = fit_ranges_to_scan(e_ref, ranges)
+                col[inside] = np.interp(energies[inside], e_ref, normalize_spectra(e_ref, mu_ref, own).norm)
+        cols.append(col)
+    return np.stack(cols, 1)
 
 
 def mixture_edge_lookup(
@@ -576,19 +622,154 @@ def mixture_edge_lookup(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Half-jump energy of the mixtures ``(1 - f) r0 + f r1`` of two end-members, for ``n``
     fractions ``f`` in [0, 1]: ``(f, edge_eV)``. Normalisation uses the scan ``energies`` (as for
-    the data); the crossing is located on a ``step_eV`` grid, so an LCF fraction becomes an edge
-    energy without the sampling error of the scan."""
+    the data; those both references cover); the crossing is located on a ``step_eV`` grid, so an
+    LCF fraction becomes an edge energy without the sampling error of the scan."""
     ranges = ranges or EdgeRanges()
     if len(references) != 2:
         raise ValueError(f"the edge lookup needs exactly two end-members, got {len(references)}")
+    energies = np.asarray(energies, float)
+    inside = np.ones(energies.size, bool)
+    for e_ref, _ in references:
+        inside &= reference_overlap(energies, np.asarray(e_ref, float))
+    energies = energies[inside]
     frac = np.linspace(0.0, 1.0, n)
     mix = np.stack([1 - frac, frac])
     scan = interpolate_references(energies, references, ranges, normalize=False) @ mix
     norm = normalize_spectra(energies, scan, ranges)
-    fine = np.arange(energies[0], energies[-1], step_eV)
+    lo, hi = ranges.absolute("edge")  # the crossing is searched there only
+    fine = np.arange(max(energies[0], lo - 1.0), min(energies[-1], hi + 1.0), step_eV)
     dense = interpolate_references(fine, references, normalize=False) @ mix
     pre = norm.pre_coef[0] + (fine - ranges.e0)[:, None] * norm.pre_coef[1]
     return frac, half_jump_energy(fine, (dense - pre) / norm.jump, ranges.absolute("edge"))
+
+
+def find_e0(energies: np.ndarray, spectrum: np.ndarray, smooth_eV: float = 1.5) -> float:
+    """The edge energy ``e0`` (eV) of a (mean) spectrum ``(E,)``: the maximum of dμ/dE after
+    smoothing.
+
+    The spectrum is resampled on a uniform grid (step: the finest step of the scan, at least
+    0.05 eV), smoothed by a Gaussian of ``max(smooth_eV, 1.5 × the 10th-percentile step)`` eV and
+    differentiated; the maximum is refined by a parabola through its 3 grid points. Works for
+    non-uniform steps (dense across the edge, coarse before and after).
+
+    Args:
+        energies: ``(E,)`` strictly increasing, eV.
+        spectrum: ``(E,)`` absorption (any units).
+        smooth_eV: Gaussian width (standard deviation, eV) of the smoothing.
+
+    Returns:
+        ``e0`` in eV.
+
+    Raises:
+        ValueError: fewer than 4 finite energies, or a flat spectrum.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    energies = np.asarray(energies, float)
+    y = np.asarray(spectrum, float)
+    ok = np.isfinite(y)
+    energies, y = energies[ok], y[ok]
+    if energies.size < 4:
+        raise ValueError(f"e0 needs >= 4 finite energies of the mean spectrum, got {energies.size}")
+    steps = np.diff(energies)
+    step = max(float(steps.min()), 0.05, (energies[-1] - energies[0]) / 20000)
+    grid = np.arange(energies[0], energies[-1] + 0.5 * step, step)
+    dense = np.interp(grid, energies, y)
+    sigma = max(smooth_eV, 1.5 * float(np.percentile(steps, 10))) / step  # the dense (edge) steps
+    d = np.gradient(gaussian_filter1d(dense, sigma, mode="nearest"), grid)
+    margin = min(int(np.ceil(2 * sigma)), grid.size // 4)  # the smoothing's edge effects
+    inner = d[margin:grid.size - margin] if grid.size - 2 * margin >= 3 else d
+    k = int(np.argmax(inner)) + (margin if inner is not d else 0)
+    if not np.isfinite(d[k]) or d[k] <= 0:
+        raise ValueError("the mean spectrum does not rise anywhere: no edge to find e0 from "
+                         f"(energies {energies[0]:.1f}-{energies[-1]:.1f} eV)")
+    if 0 < k < grid.size - 1:
+        den = d[k - 1] - 2 * d[k] + d[k + 1]
+        if den < 0:
+            return float(grid[k] + 0.5 * step * (d[k - 1] - d[k + 1]) / den)
+    return float(grid[k])
+
+
+def fit_ranges_to_scan(
+    energies: np.ndarray, ranges: EdgeRanges, e0: float | None = None, min_gap_eV: float = 3.0,
+    min_line_eV: float = 50.0,
+) -> tuple[EdgeRanges, list[str]]:
+    """The ranges of ``ranges`` placed inside the measured ``energies`` (about ``e0``).
+
+    Each window keeps its configured place where the scan holds it and is clipped to the scan
+    otherwise; a clipped window that holds too few energies is replaced by the part of the scan
+    on its side of the edge:
+
+    * pre-edge line: ``[e0 + pre[0], e0 + pre[1]]`` clipped; with fewer than 2 energies, all
+      energies below ``e0 - min_gap_eV`` (a narrow scan gets a short pre-edge line);
+    * post-edge: ``[e0 + post[0], e0 + post[1]]`` clipped; with fewer than ``post_order + 1``
+      energies, the upper half of the scan above ``e0`` (at least ``min_gap_eV`` above it); a
+      post-edge window narrower than ``min_line_eV`` is fitted by a constant (``post_order`` 0,
+      flat), one narrower than ``2 × min_line_eV`` by at most a line;
+    * edge and white-line search windows: clipped to the scan.
+
+    Args:
+        energies: ``(E,)`` strictly increasing, eV.
+        ranges: the configured ranges (relative to their ``e0``).
+        e0: the edge energy to use (eV); None: ``ranges.e0``.
+        min_gap_eV: the least distance of a pre- or post-edge window from ``e0``.
+        min_line_eV: below this width the post-edge is flat (see above).
+
+    Returns:
+        ``(ranges, notes)``: the ranges used and one line per window that was moved.
+
+    Raises:
+        ValueError: the scan holds no energy ``min_gap_eV`` below ``e0`` (no pre-edge) or above
+            it (no post-edge): no edge jump can be defined; the message names the scan and ``e0``.
+    """
+    energies = np.asarray(energies, float)
+    e0 = float(ranges.e0 if e0 is None else e0)
+    lo_e, hi_e = float(energies[0]), float(energies[-1])
+    span = f"the scan spans {lo_e:.1f}-{hi_e:.1f} eV ({energies.size} energies), e0 = {e0:.1f} eV"
+    below = energies[energies <= e0 - min_gap_eV]
+    above = energies[energies >= e0 + min_gap_eV]
+    if below.size == 0 or above.size == 0:
+        side = "no pre-edge energies (none below e0 - 3 eV)" if below.size == 0 else \
+            "no post-edge energies (none above e0 + 3 eV)"
+        raise ValueError(f"cannot define an edge jump: {side}; {span}. Measure below and above the "
+                         "edge, or give analysis.ranges.e0 if the edge was found at the wrong place")
+    notes: list[str] = []
+
+    def count(lo: float, hi: float) -> int:
+        return int(((energies >= lo) & (energies <= hi)).sum())
+
+    pre_lo, pre_hi = max(e0 + ranges.pre[0], lo_e), min(e0 + ranges.pre[1], hi_e)
+    if count(pre_lo, pre_hi) < 2:
+        pre_lo, pre_hi = lo_e, float(below[-1])
+        if below.size < 2:
+            raise ValueError(f"cannot define an edge jump: one pre-edge energy ({below[-1]:.1f} eV) "
+                             f"is too few for the pre-edge line (need >= 2); {span}")
+        notes.append(f"pre-edge window {e0 + ranges.pre[0]:.1f}-{e0 + ranges.pre[1]:.1f} eV holds "
+                     f"< 2 energies: the pre-edge line is fitted on {pre_lo:.1f}-{pre_hi:.1f} eV")
+    order = ranges.post_order
+    post_lo, post_hi = max(e0 + ranges.post[0], lo_e), min(e0 + ranges.post[1], hi_e)
+    if count(post_lo, post_hi) < order + 1:
+        post_lo = max(e0 + min_gap_eV, e0 + 0.5 * (hi_e - e0))
+        if count(post_lo, hi_e) == 0:
+            post_lo = float(above[0])
+        post_hi = hi_e
+        notes.append(f"post-edge window {e0 + ranges.post[0]:.1f}-{e0 + ranges.post[1]:.1f} eV does not "
+                     f"fit the scan: the post-edge is fitted on {post_lo:.1f}-{post_hi:.1f} eV")
+    width = post_hi - post_lo
+    new_order = 0 if width < min_line_eV else min(order, 1) if width < 2 * min_line_eV else order
+    new_order = min(new_order, max(count(post_lo, post_hi) - 1, 0))
+    if new_order != order:
+        notes.append(f"post-edge window {width:.1f} eV wide: fitted by a "
+                     f"{['constant (flat)', 'line', 'quadratic'][new_order]} instead of post_order {order}")
+    windows = {}
+    for name in ("edge", "white_line"):
+        lo, hi = (e0 + v for v in getattr(ranges, name))
+        c_lo, c_hi = max(lo, lo_e), min(hi, hi_e)
+        windows[name] = (c_lo - e0, c_hi - e0)
+    fitted = EdgeRanges(e0=e0, pre=(pre_lo - e0, pre_hi - e0), post=(post_lo - e0, post_hi - e0),
+                        edge=windows["edge"], white_line=windows["white_line"], post_order=new_order,
+                        flatten=ranges.flatten, white_line_half_width=ranges.white_line_half_width)
+    return fitted, notes
 
 
 def linear_combination_fit(

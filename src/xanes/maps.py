@@ -37,6 +37,8 @@ from src.xanes.edge import (
     EdgeRanges,
     EdgeShape,
     edge_shape,
+    find_e0,
+    fit_ranges_to_scan,
     half_jump_energy,
     half_jump_energy_fit,
     interpolate_references,
@@ -49,11 +51,12 @@ from src.xanes.edge import (
     window_rows,
 )
 
-__all__ = ["XanesAnalysisConfig", "analyze_stack", "mask_edge_shape", "particle_statistics", "write_outputs"]
+__all__ = ["XanesAnalysisConfig", "XanesResult", "analyze", "analyze_stack", "mask_edge_shape", "mean_spectrum",
+           "particle_statistics", "resolve_ranges", "soc_saturation", "write_outputs"]
 
 MAP_UNITS = {"jump": "input units", "valid": "1 = enough edge jump", "edge_energy": "eV (half jump)",
              "edge_energy_slope": "eV (steepest slope)", "white_line": "eV", "lcf_residual": "rms, normalised",
-             "soc": "fraction of the charged end-member", "oxidation_state": "Ni valence",
+             "soc": "fraction of the charged end-member (0-1)", "oxidation_state": "Ni valence",
              "edge_energy_lcf": "eV (half jump of the fitted mixture)"}
 
 
@@ -73,9 +76,14 @@ class XanesAnalysisConfig:
     an edge at all" rule, :data:`~src.xanes.edge.MIN_RELATIVE_JUMP`; it also holds for
     noiseless data, where the noise estimate is zero). A voxel is valid only when it passes all
     three; invalid voxels get NaN edge, white-line, weights, oxidation state and SOC;
-    ``nonnegative``/``sum_to_one``: LCF constraints;
+    ``nonnegative``/``sum_to_one``: LCF constraints; ``lcf_range``: energies (eV about ``e0``) of
+    the linear-combination fit (Athena's default, -20..+30 eV: near the edge, where the
+    normalisation of data and end-members agree best);
     ``oxidation_states``: valence of each end-member; ``chunk_voxels``: voxels per batch;
-    ``workers``: threads working on batches at once (None: one per CPU core).
+    ``workers``: threads working on batches at once (None: one per CPU core);
+    ``fit_to_scan``: place the pre/post-edge, edge and white-line windows inside the measured
+    energies (:func:`~src.xanes.edge.fit_ranges_to_scan`); ``ranges.e0 = None``: the edge energy
+    is found from the data (:func:`~src.xanes.edge.find_e0` of the mean spectrum of the mask).
     """
 
     ranges: EdgeRanges = field(default_factory=EdgeRanges)
@@ -93,8 +101,13 @@ class XanesAnalysisConfig:
     oxidation_states: tuple[float, ...] = (2.0, 3.0)
     chunk_voxels: int = 1 << 16
     workers: int | None = None
+    fit_to_scan: bool = True
+    lcf_range: tuple[float, float] = (-20.0, 30.0)
 
     def __post_init__(self) -> None:
+        self.lcf_range = tuple(float(v) for v in self.lcf_range)
+        if not self.lcf_range[0] < self.lcf_range[1]:
+            raise ValueError(f"lcf_range must be [lo, hi] (eV about e0) with lo < hi, got {list(self.lcf_range)}")
         if self.edge_method not in ("fit", "crossing"):
             raise ValueError(f"edge_method must be 'fit' or 'crossing', got {self.edge_method!r}")
 
@@ -120,46 +133,182 @@ def mask_edge_shape(
     return edge_shape(energies, flat[:, idx[:: max(1, idx.size >> 17)]], ranges)
 
 
+def mean_spectrum(energies: np.ndarray, flat: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean spectrum ``(E,)`` of the voxels ``idx`` of ``flat`` ``(E, N)`` (at most ~2^17, evenly
+    strided) that hold an edge step: their mean over the upper quarter of the energies exceeds
+    the one over the lower quarter (all of them when none does)."""
+    if idx.size == 0:
+        raise ValueError("the mask holds no voxel: no mean spectrum")
+    sub = np.asarray(flat[:, idx[:: max(1, idx.size >> 17)]], np.float64)
+    q = max(1, energies.size // 4)
+    rising = np.isfinite(sub).all(0) & (sub[-q:].mean(0) > sub[:q].mean(0))
+    return (sub[:, rising] if rising.any() else sub).mean(1)
+
+
+def resolve_ranges(
+    energies: np.ndarray, flat: np.ndarray, idx: np.ndarray, cfg: XanesAnalysisConfig,
+) -> tuple[EdgeRanges, list[str]]:
+    """The ranges the analysis uses: ``e0`` from the data when ``cfg.ranges.e0`` is None (the
+    maximum derivative of the smoothed mean spectrum of the mask's voxels with an edge step), and
+    with ``cfg.fit_to_scan`` the windows placed inside the scan. Returns ``(ranges, notes)``."""
+    ranges, notes = cfg.ranges, []
+    e0 = ranges.e0
+    if e0 is None:
+        e0 = find_e0(energies, mean_spectrum(energies, flat, idx))
+        notes.append(f"e0 = {e0:.2f} eV found from the data (maximum derivative of the smoothed mean "
+                     "spectrum of the mask)")
+    if cfg.fit_to_scan:
+        ranges, moved = fit_ranges_to_scan(energies, ranges, e0)
+        notes += moved
+    elif ranges.e0 is None:
+        ranges = EdgeRanges(**{**ranges.__dict__, "e0": e0})
+    return ranges, notes
+
+
+@dataclass
+class XanesResult:
+    """What :func:`analyze` found: ``maps`` (see the module doc), the ``ranges`` used (``e0``
+    resolved, windows inside the scan), ``notes`` (how they were placed), the end-member
+    ``basis`` ``(E, K)`` normalised at the scan energies (None without end-members) and their
+    ``names``."""
+
+    maps: dict[str, np.ndarray]
+    ranges: EdgeRanges
+    notes: list[str]
+    basis: np.ndarray | None = None
+    names: list[str] | None = None
+
+
+def _mixture_lookup(energies: np.ndarray, basis: np.ndarray, cfg: XanesAnalysisConfig,
+                    n: int = 201) -> tuple[np.ndarray, np.ndarray]:
+    """Half-jump energy of the mixtures of two normalised end-members at the scan energies."""
+    frac = np.linspace(0.0, 1.0, n)
+    ok = np.isfinite(basis).all(1)
+    mix = np.nan_to_num(basis) @ np.stack([1 - frac, frac])
+    edge = half_jump_energy_fit(energies[ok], mix[ok], cfg.ranges.absolute("edge"),
+                                half_width=cfg.fit_half_width, degree=cfg.fit_degree,
+                                coarse_smooth=cfg.coarse_smooth)
+    good = np.isfinite(edge)
+    return frac[good], edge[good]
+
+
+def soc_saturation(soc: np.ndarray, threshold: float = 0.05, tol: float = 1e-3) -> dict[str, Any]:
+    """Share of the finite SOC values at 0 (``<= tol``) and at 1 (``>= 1 - tol``); ``saturated``
+    when either exceeds ``threshold`` (the end-members do not span the electrode's states)."""
+    v = np.asarray(soc, float)
+    v = v[np.isfinite(v)]
+    at0 = float((v <= tol).mean()) if v.size else float("nan")
+    at1 = float((v >= 1 - tol).mean()) if v.size else float("nan")
+    return {"fraction_at_0": at0, "fraction_at_1": at1, "threshold": threshold,
+            "saturated": bool(v.size and (at0 > threshold or at1 > threshold))}
+
+
 def analyze_stack(
     energies: np.ndarray, stack: np.ndarray, mask: np.ndarray | None = None,
     references: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     reference_names: Sequence[str] | None = None, cfg: XanesAnalysisConfig | None = None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Maps (see the module doc) of ``stack`` ``(E, *spatial)``; ``mask`` ``spatial`` bool."""
+    """Maps (see the module doc) of ``stack`` ``(E, *spatial)``; ``mask`` ``spatial`` bool
+    (:func:`analyze`'s maps)."""
+    return analyze(energies, stack, mask, references, reference_names, cfg, progress).maps
+
+
+def analyze(
+    energies: np.ndarray, stack: np.ndarray, mask: np.ndarray | None = None,
+    references: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    reference_names: Sequence[str] | None = None, cfg: XanesAnalysisConfig | None = None,
+    progress: bool = False, basis: np.ndarray | None = None,
+) -> XanesResult:
+    """The per-voxel analysis of ``stack`` ``(E, *spatial)`` inside ``mask`` (``spatial`` bool).
+
+    Args:
+        energies: ``(E,)`` eV, strictly increasing.
+        stack: ``(E, *spatial)`` absorption (e.g. ``(E, z, y, x)``, ``(E, N)`` point spectra).
+        mask: voxels to analyse; None: all.
+        references: end-members ``[(energies_eV, mu), ...]`` (any number, <= 8), interpolated on
+            their overlap with the scan and normalised like the data.
+        reference_names: one name per end-member (``weight_<name>`` maps).
+        cfg: the analysis settings (``ranges.e0 = None``: found from the data).
+        progress: a tqdm bar over the voxel chunks.
+        basis: instead of ``references``, end-members already normalised at ``energies``,
+            ``(E, K)`` (e.g. :func:`src.xanes.end_members.end_members_from_data`).
+
+    Returns:
+        The :class:`XanesResult`. SOC: with two end-members the fraction of the second (charged)
+        one; with more, the oxidation state scaled to 0..1 between the lowest and the highest
+        ``oxidation_states``.
+    """
     cfg = cfg or XanesAnalysisConfig()
     energies = np.asarray(energies, float)
+    if energies.ndim != 1 or energies.size < 3:
+        raise ValueError(f"energies must be a list of >= 3 values, got shape {energies.shape}")
+    if np.any(np.diff(energies) <= 0):
+        raise ValueError(f"energies must be strictly increasing (eV), got {np.round(energies[:8], 2).tolist()}...")
     spatial = stack.shape[1:]
     if stack.shape[0] != energies.size:
-        raise ValueError(f"stack has {stack.shape[0]} energies, the list {energies.size}")
+        raise ValueError(f"stack has {stack.shape[0]} energies (shape {stack.shape}), the energy list "
+                         f"{energies.size}")
     if mask is None:
         mask = np.ones(spatial, bool)
     mask = np.asarray(mask, bool)
     if mask.shape != spatial:
         raise ValueError(f"mask shape {mask.shape} differs from the stack's spatial shape {spatial}")
-    refs = names = lookup = None
-    if references:
-        refs = interpolate_references(energies, references, cfg.ranges)
-        names = list(reference_names or [f"ref{i}" for i in range(len(references))])
-        if len(cfg.oxidation_states) != len(references):
-            raise ValueError(f"{len(references)} end-members but oxidation_states "
-                             f"{list(cfg.oxidation_states)}")
-        if len(references) == 2:
-            lookup = mixture_edge_lookup(energies, references, cfg.ranges)
     idx = np.flatnonzero(mask.ravel())
     flat = stack.reshape(energies.size, -1)
+    ranges, notes = resolve_ranges(energies, flat, idx, cfg)
+    cfg = XanesAnalysisConfig(**{**cfg.__dict__, "ranges": ranges})
+    refs = names = lookup = None
+    n_members = 0
+    if references:
+        refs = interpolate_references(energies, references, cfg.ranges)
+        n_members = len(references)
+        lo, hi = cfg.ranges.absolute("edge")
+        for k, (e_ref, _) in enumerate(references):
+            if e_ref[0] > lo or e_ref[-1] < hi:
+                notes.append(f"end-member {k} spans {e_ref[0]:.1f}-{e_ref[-1]:.1f} eV, which misses part "
+                             f"of the edge window {lo:.1f}-{hi:.1f} eV: its fit is less certain")
+        if n_members == 2:
+            try:
+                lookup = mixture_edge_lookup(energies, references, cfg.ranges)
+            except ValueError as err:  # the references' overlap misses a window
+                notes.append(f"no LCF edge lookup: {err}")
+    elif basis is not None:
+        refs = np.asarray(basis, float)
+        if refs.ndim != 2 or refs.shape[0] != energies.size:
+            raise ValueError(f"basis must be (E, K) with E = {energies.size}, got {refs.shape}")
+        n_members = refs.shape[1]
+        if n_members == 2:
+            lookup = _mixture_lookup(energies, refs, cfg)
+    if refs is not None:
+        names = list(reference_names or [f"ref{i}" for i in range(n_members)])
+        if len(names) != n_members:
+            raise ValueError(f"{n_members} end-members but reference_names {names}")
+        ox = tuple(cfg.oxidation_states)
+        if len(ox) != n_members:
+            raise ValueError(f"{n_members} end-members but analysis.oxidation_states {list(ox)}: give "
+                             "one valence per end-member")
+    fit_rows = None
+    if refs is not None:  # the LCF range (about e0) where the end-members overlap the scan
+        lo, hi = (cfg.ranges.e0 + float(v) for v in cfg.lcf_range)
+        fit_rows = np.isfinite(refs).all(1) & (energies >= lo) & (energies <= hi)
+    if fit_rows is not None and fit_rows.sum() < 3:
+        raise ValueError("the end-members overlap the scan at fewer than 3 energies")
+    refs_fit = None if refs is None else np.nan_to_num(refs)
     shape = mask_edge_shape(energies, flat, idx, cfg.ranges) if cfg.shared_shape else None
     keys = ["jump", "valid", "edge_energy", "edge_energy_slope", "white_line"]
     if refs is not None:
-        keys += [f"weight_{n}" for n in names] + ["lcf_residual", "oxidation_state"]
+        keys += [f"weight_{n}" for n in names] + ["lcf_residual", "oxidation_state", "soc"]
         if lookup is not None:
-            keys += ["soc", "edge_energy_lcf"]
+            keys += ["edge_energy_lcf"]
     values = {k: np.full(idx.size, np.nan, np.float32) for k in keys}
     edge_win, wl_win = cfg.ranges.absolute("edge"), cfg.ranges.absolute("white_line")
     # the half jump and the slope only need the edge window (+ the smoothing half-width)
     rows = window_rows(energies, edge_win, margin=1 + cfg.smooth_points // 2)
     e_rows = energies[rows]
     contiguous = idx.size == 0 or idx[-1] - idx[0] == idx.size - 1
+    ox_arr = np.asarray(cfg.oxidation_states, float)
+    ox_span = float(ox_arr.max() - ox_arr.min()) if ox_arr.size else 0.0
 
     def fit_chunk(start: int) -> None:
         sl = slice(start, start + cfg.chunk_voxels)
@@ -180,18 +329,25 @@ def analyze_stack(
             values[key][sl] = np.where(valid, est, np.nan)
         if refs is None:
             return
-        fit = linear_combination_fit(np.where(valid[None], norm, np.nan), refs,
-                                     nonnegative=cfg.nonnegative, sum_to_one=cfg.sum_to_one)
+        fit = linear_combination_fit(np.where(valid[None], norm, np.nan), refs_fit,
+                                     nonnegative=cfg.nonnegative, sum_to_one=cfg.sum_to_one,
+                                     fit_mask=fit_rows)
         total = fit.weights.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = fit.weights / np.where(total > 0, total, np.nan)
         for i, name in enumerate(names):
             values[f"weight_{name}"][sl] = fit.weights[i]
         values["lcf_residual"][sl] = fit.residual
-        values["oxidation_state"][sl] = np.asarray(cfg.oxidation_states) @ frac
-        if lookup is not None:
+        ox = ox_arr @ frac
+        values["oxidation_state"][sl] = ox
+        if n_members == 2:
             f = frac[1]
-            values["soc"][sl] = f
+        elif ox_span > 0:
+            f = (ox - ox_arr.min()) / ox_span
+        else:
+            f = np.full(frac.shape[1], np.nan)
+        values["soc"][sl] = f
+        if lookup is not None:
             edge = np.interp(np.clip(np.nan_to_num(f), 0, 1), *lookup)
             values["edge_energy_lcf"][sl] = np.where(np.isfinite(f), edge, np.nan)
 
@@ -207,7 +363,7 @@ def analyze_stack(
         full[idx] = v
         maps[k] = full.reshape(spatial)
     maps["valid"] = np.nan_to_num(maps["valid"]).astype(np.uint8)
-    return maps
+    return XanesResult(maps, cfg.ranges, notes, refs, names)
 
 
 def _depth_shells(particles: np.ndarray, n_shells: int) -> np.ndarray:
@@ -339,21 +495,27 @@ def _figures(out: Path, maps: dict[str, np.ndarray], rows: list[dict[str, Any]],
 def write_outputs(
     output_dir: str | Path, maps: dict[str, np.ndarray], rows: list[dict[str, Any]],
     profile: list[dict[str, Any]], summary: dict[str, Any], mask: np.ndarray, figures: bool = True,
+    table_name: str = "particles.csv",
 ) -> dict[str, Path]:
     """Write ``maps/<name>.tif``, ``particles.csv``, ``radial_profile.csv``, ``summary.json``
-    and (``figures``) ``maps.png`` / ``histograms.png``; every file atomically."""
+    and (``figures``) ``maps.png`` / ``histograms.png``; every file atomically. ``table_name``:
+    the per-row table (``spectra.csv`` for point spectra)."""
     from src.analysis.statistics_table import write_csv_atomic
 
     out = Path(output_dir)
     written: dict[str, Path] = {}
     for k, v in maps.items():
+        if v.ndim < 2:  # point spectra: their values are the rows of the table
+            continue
         written[f"map_{k}"] = out / "maps" / f"{k}.tif"
         write_tiff(written[f"map_{k}"], v)
     if rows:
-        written["particles"] = out / "particles.csv"
-        write_csv_atomic(written["particles"], rows, first=("particle",))
-    written["radial_profile"] = out / "radial_profile.csv"
-    write_csv_atomic(written["radial_profile"], profile, first=("shell",))
+        written[Path(table_name).stem] = out / table_name
+        write_csv_atomic(written[Path(table_name).stem], rows,
+                         first=("particle",) if "particle" in rows[0] else ("spectrum",))
+    if profile:
+        written["radial_profile"] = out / "radial_profile.csv"
+        write_csv_atomic(written["radial_profile"], profile, first=("shell",))
     if figures:
         for p in _figures(out, maps, rows, mask):
             written[p.stem] = p

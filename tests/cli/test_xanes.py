@@ -44,7 +44,9 @@ def test_xanes_command_writes_maps_particles_and_figures(sim_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "xanes.py"), *_overrides(sim_dir, out)],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "pre-edge line 8286.0-8332.0 eV" in proc.stderr + proc.stdout  # fit ranges printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fit_ranges"] in proc.stderr + proc.stdout and "pre-edge line" in summary["fit_ranges"]
+    assert 8344.0 < summary["ranges_used"]["e0_eV"] < 8350.0  # e0 found from the data
     for name in ("edge_energy", "edge_energy_lcf", "white_line", "soc", "oxidation_state", "valid", "jump"):
         assert (out / "maps" / f"{name}.tif").exists(), name
     edge = tifffile.imread(out / "maps" / "edge_energy_lcf.tif")

@@ -19,7 +19,11 @@ import tifffile
 
 from src.data.io import HDF5_SUFFIXES, TIFF_SUFFIXES, ImageReadError, natural_sort_key, read_image
 
-__all__ = ["XanesInputError", "read_energies", "read_spectral_stack"]
+__all__ = ["SPECTRA_TABLE_SUFFIXES", "XanesInputError", "is_spectra_table", "read_energies",
+           "read_spectra_table", "read_spectral_stack"]
+
+#: text files holding spectra as columns (energy first)
+SPECTRA_TABLE_SUFFIXES = (".csv", ".txt", ".dat", ".tsv", ".xmu", ".nor")
 
 
 
@@ -135,3 +139,92 @@ def read_spectral_stack(
         raise XanesInputError(f"{path}: stack contains NaN or infinite values")
     return stack.astype(np.float32, copy=False)
 
+
+
+def _numeric_table(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Rows of numbers of a text table (comma, semicolon, tab or space separated; ``#`` comments
+    and a non-numeric header line skipped) → ``(rows, header)``."""
+    header: list[str] = []
+    rows: list[list[float]] = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        raise XanesInputError(f"{path}: unreadable spectra table ({err})") from err
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = [p for p in text.replace(",", " ").replace(";", " ").replace("\t", " ").split() if p]
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            if not rows:  # a header line before the numbers
+                header = [p.strip() for p in text.replace(";", ",").replace("\t", ",").split(",")]
+                if len(header) == 1:
+                    header = text.split()
+                continue
+            raise XanesInputError(f"{path}: line {text[:60]!r} is not numbers") from None
+    widths = {len(r) for r in rows}
+    if not rows or len(widths) != 1:
+        raise XanesInputError(f"{path}: expected rows of equal length (energy, spectrum, ...), got "
+                              f"{len(rows)} rows of widths {sorted(widths)}")
+    return np.asarray(rows, float), header
+
+
+def is_spectra_table(spec: str | os.PathLike[str]) -> bool:
+    """True for a text table of spectra or a folder of two-column spectrum files (not TIFFs)."""
+    path = Path(str(spec))
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        return bool(files) and all(p.suffix.lower() in SPECTRA_TABLE_SUFFIXES for p in files)
+    return path.suffix.lower() in SPECTRA_TABLE_SUFFIXES
+
+
+def read_spectra_table(spec: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Point spectra as an ``(E, N)`` stack: ``(energies_eV, stack, names)``.
+
+    ``spec``: a text table (CSV/TXT, comma/semicolon/tab/space separated) with the energy in the
+    first column and one spectrum per further column (a header line names them), or a folder of
+    two-column files (energy, absorption; naturally sorted, one spectrum each; interpolated on
+    the energies of the first file where they differ). Energies below 100 are keV.
+
+    Raises:
+        XanesInputError: naming the file: not numbers, one column only, energies not strictly
+            increasing, files of a folder that do not overlap.
+    """
+    path = Path(str(spec))
+    if not path.exists():
+        raise XanesInputError(f"{path}: spectra table not found")
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.is_file()), key=natural_sort_key)
+        if not files:
+            raise XanesInputError(f"{path}: folder holds no spectrum files")
+        spectra = []
+        for f in files:
+            data, _ = _numeric_table(f)
+            if data.shape[1] < 2:
+                raise XanesInputError(f"{f}: expected two columns (energy, absorption), got {data.shape[1]}")
+            e = data[:, 0] * (1000.0 if data[:, 0].max() < 100 else 1.0)
+            if np.any(np.diff(e) <= 0):
+                raise XanesInputError(f"{f}: energies (first column) must be strictly increasing")
+            spectra.append((f, e, data[:, 1]))
+        energies = spectra[0][1]
+        cols = []
+        for f, e, mu in spectra:
+            if e[0] > energies[0] + 1e-6 or e[-1] < energies[-1] - 1e-6:
+                raise XanesInputError(f"{f}: spans {e[0]:.1f}-{e[-1]:.1f} eV, less than the first file "
+                                      f"{spectra[0][0].name} ({energies[0]:.1f}-{energies[-1]:.1f} eV)")
+            cols.append(np.interp(energies, e, mu))
+        return energies, np.stack(cols, 1).astype(np.float32), [f.stem for f, _, _ in spectra]
+    data, header = _numeric_table(path)
+    if data.shape[1] < 2:
+        raise XanesInputError(f"{path}: expected the energy in the first column and >= 1 spectrum "
+                              f"column, got {data.shape[1]} column")
+    energies = data[:, 0] * (1000.0 if data[:, 0].max() < 100 else 1.0)
+    if np.any(np.diff(energies) <= 0):
+        raise XanesInputError(f"{path}: energies (first column) must be strictly increasing, got "
+                              f"{np.round(energies[:6], 2).tolist()}...")
+    names = header[1:] if len(header) == data.shape[1] else [f"spectrum_{i}" for i in range(1, data.shape[1])]
+    if not np.isfinite(data).all():
+        raise XanesInputError(f"{path}: the table holds NaN or infinite values")
+    return energies, data[:, 1:].astype(np.float32), names
