@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,4 +289,74 @@ def predict_volume(
     result = PredictionResult(len(grid), todo, skipped, seconds, voxels, finished, manifest=manifest)
     if output is None and out is not None:
         result.labels, result.probabilities = out.labels, out.probabilities
+    return result
+
+
+def predict_file(
+    ckpt_path: str | os.PathLike,
+    input: str,
+    output: str,
+    make_predictor: Callable[..., TiledPredictor],
+    *,
+    device: str = "auto",
+    normalize: Mapping[str, float] | None = None,
+    save_probabilities: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PredictionResult:
+    """Segment the volume file ``input`` into ``output`` with a checkpoint (``predict.py``'s work).
+
+    The output path, the checkpoint and the input are checked before anything is read whole or
+    written; the grey range is sampled from the input with the checkpoint's (or ``normalize``'s)
+    percentiles; then :func:`predict_volume` runs this rank's chunks.
+
+    Args:
+        ckpt_path: a segmentation checkpoint.
+        input: the volume (TIFF, Zarr, HDF5 ``file.h5:/key``, ...), read lazily.
+        output: ``.zarr`` or ``.tif`` (written chunk by chunk, resumable).
+        make_predictor: builds the tiled predictor from ``net``, ``spatial_dims``,
+            ``size_multiple`` and ``device`` (the instantiated ``conf/tiling`` partial).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ... (``auto``: this rank's GPU if any).
+        normalize: ``{lower, upper}`` percentiles; None = the checkpoint's.
+        save_probabilities: also the float32 class probabilities (C, z, y, x).
+        rank: this rank (None: torch.distributed, RANK/WORLD_SIZE, else 0).
+        world_size: the number of ranks (None: as ``rank``).
+        overwrite: replace a finished output.
+        progress: a progress bar.
+
+    Returns:
+        What this rank did (:class:`PredictionResult`).
+    """
+    from src.config import resolve_device
+    from src.data.io.checks import check_output_file
+    from src.data.io.volumes import sample_range, split_key
+    from src.data.transforms import normalization
+    from src.models.checkpoint import load_segmentation_checkpoint
+
+    return_freed_memory()
+    output_kind(output)
+    input_path = str(split_key(input)[0])
+    check_output_file(output, "output", inputs=[input_path])  # before the model or the volume is read
+    source = open_volume(input)
+    module, data_hparams = load_segmentation_checkpoint(ckpt_path)
+    rank, world_size = resolve_rank(rank, world_size)
+    predictor = make_predictor(net=module.net, spatial_dims=module.spatial_dims, size_multiple=module.size_multiple,
+                               device=resolve_device(device, per_rank=True))
+    norm = normalization(normalize, data_hparams.get("normalize"))
+    with source:
+        value_range = sample_range(source, norm["lower"], norm["upper"])
+        log.info("predicting %s %s %s with %s (rank %d of %d), grey range %s", source.name, source.shape,
+                 source.dtype, module.hparams.get("name", "model"), rank, world_size, value_range)
+        ckpt = Path(ckpt_path).resolve()
+        info = Path(input_path).stat()  # a resumed run refuses an input that changed (and its grey range)
+        result = predict_volume(
+            predictor, source, output, value_range=value_range, save_probabilities=save_probabilities,
+            class_names=list(module.class_names), rank=rank, world_size=world_size, overwrite=overwrite,
+            progress=progress, settings={"checkpoint": str(ckpt), "checkpoint_bytes": ckpt.stat().st_size,
+                                         "input_bytes": info.st_size, "input_mtime_ns": info.st_mtime_ns},
+        )
+    log.info("rank %d: %d chunks predicted (%d already done) of %d, %.3g voxels/s%s", rank, len(result.computed),
+             result.skipped, result.n_chunks, result.voxels_per_s, "; output complete" if result.finished else "")
     return result
