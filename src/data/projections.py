@@ -108,8 +108,11 @@ def _as_frames(array: Any, path: Path, key: str, what: str, shape: tuple[int, in
 
 
 def check_theta(theta: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """``theta`` as float64 radians, refused unless it has one finite angle per projection
-    (axis 0 of ``shape``), with a hint when another axis matches (a transposed stack)."""
+    """``theta`` as float64 radians, checked against the projections.
+
+    Refused unless it has one finite angle per projection (axis 0 of ``shape``), with a hint when
+    another axis matches (a transposed stack).
+    """
     theta = np.asarray(theta, dtype=np.float64).ravel()
     if theta.size != shape[0]:
         hint = ""

@@ -12,8 +12,10 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def fold_batch_norm(net: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``net`` (eval mode) with every batch norm that directly follows a convolution
-    inside an ``nn.Sequential`` folded into that convolution's weight and bias.
+    """A copy of ``net`` (eval mode) with batch norms folded into the preceding convolutions.
+
+    Every batch norm that directly follows a convolution inside an ``nn.Sequential`` is folded into
+    that convolution's weight and bias.
 
     In eval mode a batch norm is the per-channel affine map ``(x - mean) / sqrt(var + eps) *
     gamma + beta``; folded, the convolution computes it at no extra cost (one fewer pass over

@@ -1,5 +1,8 @@
-"""Memory of whole-volume prediction: sizes, the process's anonymous RSS, free memory, and a
-measured activation-memory model of a net (bytes per input pixel of one forward pass)."""
+"""Memory of whole-volume prediction.
+
+Sizes, the process's anonymous RSS, free memory, and a measured activation-memory model of a net
+(bytes per input pixel of one forward pass).
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ def _status_kb(field: str, pid: str | int = "self") -> int:
 
 
 def rss_anon() -> int:
-    """Anonymous resident memory of this process (bytes; heap, tensors; not file pages), 0 where
-    ``/proc`` is not there."""
+    """Anonymous resident memory of this process (bytes), 0 where ``/proc`` is not there.
+
+    Counts the heap and tensors, not file pages.
+    """
     try:
         return _status_kb("RssAnon")
     except OSError:
@@ -47,8 +52,10 @@ def rss_anon() -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes that may still be allocated: ``MemAvailable``, capped by the cgroup's limit minus
-    its usage; None where unknown."""
+    """Bytes that may still be allocated; None where unknown.
+
+    ``MemAvailable``, capped by the cgroup's limit minus its usage.
+    """
     avail = None
     try:
         m = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
@@ -70,8 +77,11 @@ def available_memory() -> int | None:
 
 
 def resolve_max_memory(value: str | int | float | None) -> int | None:
-    """``None`` → no bound; ``auto`` → what the process holds plus :data:`AUTO_FRACTION` of the
-    memory available; else :func:`parse_bytes`."""
+    """The memory bound (bytes) that a ``max_memory`` setting means.
+
+    ``None`` → no bound; ``auto`` → what the process holds plus :data:`AUTO_FRACTION` of the memory
+    available; else :func:`parse_bytes`.
+    """
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -86,9 +96,11 @@ def resolve_max_memory(value: str | int | float | None) -> int | None:
 
 
 def peak_extra_memory(fn: Callable[[], object], device: torch.device, interval: float = 0.001) -> int:
-    """Peak memory (bytes) that ``fn()`` holds above what was held before it: on CUDA the
-    allocator's peak; on the CPU the process's anonymous RSS polled from a thread (what the
-    operating system sees, including the libraries' workspaces)."""
+    """Peak memory (bytes) that ``fn()`` holds above what was held before it.
+
+    On CUDA the allocator's peak; on the CPU the process's anonymous RSS polled from a thread (what
+    the operating system sees, including the libraries' workspaces).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)

@@ -71,8 +71,10 @@ __all__ = [
 
 @dataclass
 class ReconstructionSettings:
-    """Everything :func:`reconstruct_scan` needs; the fields are the keys of
-    ``conf/reconstruct.yaml`` (its comments say what each one does) with its defaults.
+    """Everything :func:`reconstruct_scan` needs.
+
+    The fields are the keys of ``conf/reconstruct.yaml`` (its comments say what each one does) with
+    its defaults.
 
     Attributes:
         input: the scan: Data Exchange HDF5 (``FILE.h5[:KEY]``), TXRM/XRM, TIFF stack or
@@ -142,8 +144,10 @@ class ReconstructionSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ReconstructionSettings:
-        """The settings of a composed ``reconstruct`` config (keys that are not fields, such as
-        ``task_name``, ``paths`` or ``hydra``, are left out)."""
+        """The settings of a composed ``reconstruct`` config.
+
+        Keys that are not fields, such as ``task_name``, ``paths`` or ``hydra``, are left out.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: _container(cfg[k]) for k in cfg.keys() if k in names}
         for key in ("input", "output"):
@@ -201,10 +205,12 @@ def phase_parameters(scan: ProjectionScan, s: ReconstructionSettings) -> dict[st
 
 def preprocess_rows(block: np.ndarray | None, scan: ProjectionScan, start: int, stop: int,
                     s: ReconstructionSettings, rings: bool = True) -> np.ndarray:
-    """Rows ``[start, stop)`` -> line integrals ``(angles, n, cols)``: flat/dark (mean frames),
-    zingers, Paganin phase retrieval (with ``phase_margin`` rows read around the block), ``-log``,
-    rings (``rings=False`` skips the ring removal). ``block`` is the raw rows, or None to read
-    them from ``scan``."""
+    """Rows ``[start, stop)`` -> line integrals ``(angles, n, cols)``.
+
+    Flat/dark (mean frames), zingers, Paganin phase retrieval (with ``phase_margin`` rows read
+    around the block), ``-log``, rings (``rings=False`` skips the ring removal). ``block`` is the
+    raw rows, or None to read them from ``scan``.
+    """
     margin = _phase_margin(scan, s)
     lo, hi = max(0, start - margin), min(scan.shape[1], stop + margin)
     if margin or block is None:
@@ -266,8 +272,11 @@ def _sample_rows(lo: int, hi: int, count: int) -> list[int]:
 
 def auto_center(scan: ProjectionScan, theta: np.ndarray, lo: int, hi: int,
                 s: ReconstructionSettings) -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-row centres for rows ``[lo, hi)`` from Vo's method on a few rows (median, or a line
-    through them with ``center_fit=tilt``), and what was found, for the log and metadata."""
+    """Per-row centres for rows ``[lo, hi)``, and what was found, for the log and metadata.
+
+    The centres come from Vo's method on a few rows (median, or a line through them with
+    ``center_fit=tilt``).
+    """
     rows = _sample_rows(lo, hi, int(s.center_rows))
     cols = scan.shape[2]
     n_angles = theta.size
@@ -557,8 +566,10 @@ def _write_preview(output: Path, volume: np.ndarray) -> Path:
 
 
 def reconstruct_scan(s: ReconstructionSettings) -> np.ndarray | None:
-    """Read, preprocess, reconstruct and write (see the module doc); returns the volume (a
-    read-only memory map of the written TIFF), or None for ``center=scan``."""
+    """Read, preprocess, reconstruct and write a scan (see the module doc).
+
+    Returns the volume (a read-only memory map of the written TIFF), or None for ``center=scan``.
+    """
     algorithm = _check_config(s)
     output = Path(str(s.output))
     with open_input(s) as scan:

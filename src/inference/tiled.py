@@ -52,8 +52,11 @@ def _ceil_to(n: int, m: int) -> int:
 
 @dataclass(frozen=True)
 class ChunkGrid:
-    """Chunks of a (z, y, x) volume. ``padded`` is the shape after padding the net's axes to a
-    multiple; ``halo`` is the context read around each chunk (0 along z for 2D nets)."""
+    """Chunks of a (z, y, x) volume.
+
+    ``padded`` is the shape after padding the net's axes to a multiple; ``halo`` is the context read
+    around each chunk (0 along z for 2D nets).
+    """
 
     shape: tuple[int, int, int]
     padded: tuple[int, int, int]
@@ -62,6 +65,7 @@ class ChunkGrid:
 
     @property
     def counts(self) -> tuple[int, ...]:
+        """Number of chunks along each axis."""
         return tuple(-(-s // c) for s, c in zip(self.shape, self.chunk, strict=True))
 
     def __len__(self) -> int:
@@ -73,8 +77,11 @@ class ChunkGrid:
         return tuple(slice(int(p) * c, min((int(p) + 1) * c, s)) for p, c, s in zip(pos, self.chunk, self.shape, strict=True))
 
     def tile(self, index: int) -> tuple[tuple[int, int], ...]:
-        """(start, stop) per axis of the net input in padded coordinates: the core (extended to
-        the padded end on the last chunk) plus the halo, clipped to the padded volume."""
+        """(start, stop) per axis of the net input in padded coordinates.
+
+        The core (extended to the padded end on the last chunk) plus the halo, clipped to the padded
+        volume.
+        """
         bounds = []
         for sl, s, p, h in zip(self.core(index), self.shape, self.padded, self.halo, strict=True):
             stop = p if sl.stop == s else sl.stop
@@ -82,16 +89,20 @@ class ChunkGrid:
         return tuple(bounds)
 
     def voxels(self, index: int) -> int:
+        """Number of voxels in the chunk's core region."""
         return int(np.prod([sl.stop - sl.start for sl in self.core(index)]))
 
 
 @dataclass(frozen=True)
 class TilingPlan:
-    """How a chunk's tile is fed to a 2D net: ``batch`` slices per forward pass, each slice of
-    the tile cut in ``tiles`` (y, x) pieces of ``core`` px (padded coordinates; the last piece
-    may be shorter) read with ``halo`` px of context per side (clipped to the tile).
-    ``tiles == (1, 1)`` is the whole tile at once. ``est_peak``/``limit`` are bytes (None
-    without ``max_memory``); ``model`` says how the estimate was made."""
+    """How a chunk's tile is fed to a 2D net.
+
+    ``batch`` slices per forward pass, each slice of the tile cut in ``tiles`` (y, x) pieces of
+    ``core`` px (padded coordinates; the last piece may be shorter) read with ``halo`` px of context
+    per side (clipped to the tile). ``tiles == (1, 1)`` is the whole tile at once.
+    ``est_peak``/``limit`` are bytes (None without ``max_memory``); ``model`` says how the estimate
+    was made.
+    """
 
     batch: int
     tiles: tuple[int, int] = (1, 1)
@@ -102,6 +113,7 @@ class TilingPlan:
     model: str = ""
 
     def describe(self) -> str:
+        """One-line description of the plan (batch, tiling, estimated peak) for the log."""
         tiles = (f"tiles {self.tiles[0]}x{self.tiles[1]} of {self.core[0]}x{self.core[1]} px with halo "
                  f"{self.halo[0]}x{self.halo[1]} px" if self.tiles != (1, 1) else "whole tiles (no 2D tiling)")
         text = f"batch {self.batch} slices, {tiles}"
@@ -115,8 +127,10 @@ def _pieces(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 
 
 def read_padded(source: VolumeSource, bounds: Sequence[tuple[int, int]], shape: Sequence[int]) -> np.ndarray:
-    """The region ``bounds`` of the volume reflect-padded at its far ends (numpy's ``reflect``),
-    reading only what that region needs."""
+    """The region ``bounds`` of the volume reflect-padded at its far ends (numpy's ``reflect``).
+
+    Reads only what that region needs.
+    """
     read, pads, crop = [], [], []
     for (a, b), s in zip(bounds, shape, strict=True):
         extra = max(0, b - s)
@@ -263,7 +277,8 @@ class TiledPredictor:
         """The normalised float32 net input of chunk ``index``: (z, y, x) of the tile.
 
         Read and normalised a slab of slices at a time (about :data:`READ_SLAB_BYTES` of raw
-        data) into the one float32 tile, so the only other memory it takes is one raw slab."""
+        data) into the one float32 tile, so the only other memory it takes is one raw slab.
+        """
         bounds = grid.tile(index)
         lo, hi = value_range
         scale = np.float32(1.0 / (hi - lo))
@@ -308,18 +323,24 @@ class TiledPredictor:
                      for p, c, h in zip(grid.padded, grid.chunk, grid.halo, strict=True))
 
     def pipeline_bytes(self, grid: ChunkGrid, itemsize: int = 4, n_classes: int = 0) -> int:
-        """Host buffers of the read-ahead/compute/write pipeline at its fullest: ``prefetch`` + 1
-        float32 tiles, the raw and padded copies of the slab being read (``itemsize`` bytes a
-        voxel; the whole tile where it is read at once), and labels (plus ``n_classes`` float32
-        probabilities) of 4 chunks being assembled, queued, written and encoded."""
+        """Host buffers (bytes) of the read-ahead/compute/write pipeline at its fullest.
+
+        ``prefetch`` + 1 float32 tiles, the raw and padded copies of the slab being read
+        (``itemsize`` bytes a voxel; the whole tile where it is read at once), and labels (plus
+        ``n_classes`` float32 probabilities) of 4 chunks being assembled, queued, written and
+        encoded.
+        """
         tz, ty, tx = self.tile_shape(grid)
         raw = min(tz * ty * tx, max(ty * tx, READ_SLAB_BYTES // max(1, int(itemsize))) if tz > 1 else ty * tx)
         return (self.prefetch + 1) * 4 * tz * ty * tx + 2 * int(itemsize) * raw + 4 * int(np.prod(grid.chunk)) * (1 + 4 * n_classes)
 
     def activation_bytes_per_pixel(self, probabilities: bool = False, side: tuple[int, int] | None = None) -> tuple[float, int]:
-        """Measured activation memory of one 2D forward pass (with the argmax, and softmax when
-        ``probabilities``): (bytes per input pixel, number of classes), from one slice of
-        :data:`PROBE_SIDE`² (or ``side``, if smaller) after a small warm-up."""
+        """Measured activation memory of one 2D forward pass: (bytes per input pixel, classes).
+
+        Returns the number of classes as the second item. Includes the argmax, and softmax when
+        ``probabilities``; measured from one slice of :data:`PROBE_SIDE`² (or ``side``, if smaller)
+        after a small warm-up.
+        """
         if probabilities not in self._bytes_per_pixel:
             m = self.size_multiple
             py, px = (min(PROBE_SIDE, _ceil_to(s, m)) for s in (side or (PROBE_SIDE, PROBE_SIDE)))
@@ -345,14 +366,17 @@ class TiledPredictor:
         return self._bytes_per_pixel[probabilities]
 
     def plan(self, grid: ChunkGrid, itemsize: int = 4, probabilities: bool = False) -> TilingPlan:
-        """The :class:`TilingPlan` of ``grid`` (cached): without ``max_memory`` ``batch_size``
-        slices of whole tiles; with it the largest batch (up to ``batch_size``) whose estimated
-        peak fits, else one slice at a time cut into the fewest pixels of 2D tiles that fit.
+        """The :class:`TilingPlan` of ``grid`` (cached).
+
+        Without ``max_memory`` ``batch_size`` slices of whole tiles; with it the largest batch (up
+        to ``batch_size``) whose estimated peak fits, else one slice at a time cut into the fewest
+        pixels of 2D tiles that fit.
 
         Estimate: the process's anonymous RSS now (CPU; the net, libraries) + the pipeline's
         buffers (``prefetch`` + 1 float32 tiles, the raw slab being read, labels and
         probabilities of up to 4 chunks in flight) + the measured activation bytes per pixel
-        (:meth:`activation_bytes_per_pixel`) × :data:`ACTIVATION_SAFETY` × pixels per pass."""
+        (:meth:`activation_bytes_per_pixel`) × :data:`ACTIVATION_SAFETY` × pixels per pass.
+        """
         key = (grid, int(itemsize), bool(probabilities))
         if key in self._plans:
             return self._plans[key]
@@ -386,8 +410,10 @@ class TiledPredictor:
             cy, cx = min(grid.chunk[1], ty), min(grid.chunk[2], tx)
             best, smallest = None, None
             def widest(c: int, t: int, s: int, h: int, spans: bool) -> int:
-                """The widest input of pieces of ``s`` px of a ``c`` px core in a ``t`` px tile:
-                two of them at the edges of a slice the chunk spans have context on one side."""
+                """The widest input of pieces of ``s`` px of a ``c`` px core in a ``t`` px tile.
+
+                Two of them at the edges of a slice the chunk spans have context on one side.
+                """
                 n = -(-c // s)
                 return t if n == 1 else min(t, s + (h if spans and n == 2 else 2 * h))
 
@@ -456,8 +482,10 @@ class TiledPredictor:
 
     def predict(self, image: np.ndarray, on_probabilities: Callable[[slice, np.ndarray], None] | None = None,
                 progress: bool = True) -> np.ndarray:
-        """Labels (uint8, shape of ``image``) of a normalised 2D (y, x) or 3D (z, y, x) image
-        in memory: the same chunks, halos and numbers as the out-of-core path.
+        """Labels (uint8, shape of ``image``) of a normalised in-memory 2D or 3D image.
+
+        The image is 2D (y, x) or 3D (z, y, x). Uses the same chunks, halos and numbers as the
+        out-of-core path.
 
         ``on_probabilities(slice(None), probs)`` receives the (C, ...) probabilities once.
         """

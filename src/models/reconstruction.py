@@ -74,12 +74,14 @@ class ReconstructionModule(TaskModule):
         return self.net(sino)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss of the reconstruction of a training batch against its ground-truth image."""
         pred = self(batch["sinogram"])
         loss = self.loss_fn(pred, batch["image"])
         self.log_train_loss(loss, len(pred))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Log the validation loss and image metrics (and the FBP baseline's); return the images."""
         sino, truth = batch["sinogram"], batch["image"]
         pred = self(sino)
         base = self.net.fbp(sino, self.hparams.fbp_filter)
@@ -100,6 +102,7 @@ class ReconstructionModule(TaskModule):
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
+        """Clip gradients, by norm with ``gradient_clip_norm`` unless the trainer sets clipping."""
         if gradient_clip_val is None and self.hparams.gradient_clip_norm is not None:
             gradient_clip_val, gradient_clip_algorithm = self.hparams.gradient_clip_norm, "norm"
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,

@@ -1,5 +1,6 @@
-"""LightningModule that trains the XANES networks (denoiser or edge-energy map) on simulated
-stacks (:class:`~src.data.xanes_datamodule.XanesDataModule`).
+"""LightningModule that trains the XANES networks (denoiser or edge-energy map).
+
+Trains on simulated stacks (:class:`~src.data.xanes_datamodule.XanesDataModule`).
 
 ``task="denoise"``: MSE between the denoised and the noiseless stack; ``task="edge"``: MSE of the
 edge energy on NMC voxels. Both log ``val/edge_rmse`` (eV, NMC voxels with a valid fit, against
@@ -30,9 +31,11 @@ __all__ = ["XanesModule", "fit_edge_energy"]
 def fit_edge_energy(
     stack: np.ndarray, energies: np.ndarray, ranges: EdgeRanges, mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none): the
-    shared-shape normalisation (shape from the ``mask`` voxels, all when None or empty) and the
-    local-cubic estimator, as ``analyze_stack`` with its defaults (without its jump mask)."""
+    """Per-voxel half-jump edge energy (eV) of a stack ``(E, ...)`` (NaN where none).
+
+    The shared-shape normalisation (shape from the ``mask`` voxels, all when None or empty) and the
+    local-cubic estimator, as ``analyze_stack`` with its defaults (without its jump mask).
+    """
     flat = stack.reshape(stack.shape[0], -1)
     idx = np.flatnonzero(mask) if mask is not None and np.any(mask) else np.arange(flat.shape[1])
     n = normalize_spectra(energies, stack, ranges, mask_edge_shape(energies, flat, idx, ranges))
@@ -40,13 +43,15 @@ def fit_edge_energy(
 
 
 class XanesModule(TaskModule):
-    """Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``);
-    ``energies`` (eV) of the net's input channels (the full scan for the denoiser);
-    ``ranges``: :class:`EdgeRanges` fields of the analysis; ``smooth_points``: unused (the
-    edge estimator is the local cubic; accepted so that older checkpoints load);
-    ``input_scale``: the data's stack divisor; ``nmc_weight`` / ``edge_weight``: weights of the
-    denoiser's squared error on NMC voxels and on the energies of the edge window (others 1);
-    optimizer/scheduler partial configs."""
+    """LightningModule of the XANES networks: the denoiser or the edge-energy map.
+
+    Args: ``net`` config (``_target_``) or module; ``task`` (``denoise`` | ``edge``); ``energies``
+    (eV) of the net's input channels (the full scan for the denoiser); ``ranges``:
+    :class:`EdgeRanges` fields of the analysis; ``smooth_points``: unused (the edge estimator is the
+    local cubic; accepted so that older checkpoints load); ``input_scale``: the data's stack
+    divisor; ``nmc_weight`` / ``edge_weight``: weights of the denoiser's squared error on NMC voxels
+    and on the energies of the edge window (others 1); optimizer/scheduler partial configs.
+    """
 
     kind = "xanes"
 
@@ -82,8 +87,11 @@ class XanesModule(TaskModule):
             np.where(edge, float(edge_weight), 1.0).astype(np.float32)).view(1, -1, 1, 1), persistent=False)
 
     def on_fit_start(self) -> None:
-        """A fresh denoiser with a spectral basis (:class:`SpectralSpatialDenoiser`) starts from
-        the principal components of the clean training spectra (a few batches)."""
+        """Start a fresh spectral-basis denoiser from the principal components of clean spectra.
+
+        A fresh denoiser with a spectral basis (:class:`SpectralSpatialDenoiser`) starts from the
+        principal components of the clean training spectra (a few batches).
+        """
         if self.task != "denoise" or not hasattr(self.net, "init_spectral_basis") or self.trainer.ckpt_path:
             return
         loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
@@ -107,13 +115,16 @@ class XanesModule(TaskModule):
         return ((out - target * mask) ** 2 * mask).sum() / mask.sum().clamp_min(1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss of the net's output on a training batch (denoiser or edge-energy task)."""
         loss = self._loss(batch, self(batch["input"]))
         self.log_train_loss(loss, len(batch["input"]))
         return loss
 
     def predict_edge(self, x: torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
-        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task); ``mask``
-        ``(B, H, W)``: the NMC voxels whose mean spectrum sets the normalisation shape."""
+        """Edge-energy maps ``(B, H, W)`` eV from a batch of input stacks (either task).
+
+        ``mask`` ``(B, H, W)``: the NMC voxels whose mean spectrum sets the normalisation shape.
+        """
         out = self(x)
         if self.task == "edge":
             return self.net.to_eV(out)[:, 0].cpu().numpy()
@@ -121,6 +132,7 @@ class XanesModule(TaskModule):
         return fit_edge_energy(stack, self.energies, self.ranges, mask=mask)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log the validation loss; accumulate the edge-energy errors of the net and of the fit."""
         out = self(batch["input"])
         n = len(out)
         self.log("val/loss", self._loss(batch, out), on_epoch=True, batch_size=n)
@@ -138,9 +150,11 @@ class XanesModule(TaskModule):
             acc[2] += float(ok.size)
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the per-epoch sums of the edge-energy errors."""
         self._sums = {}
 
     def on_validation_epoch_end(self) -> None:
+        """Log the epoch's edge-energy RMSE and valid fraction of the net and of the fit."""
         for key, (sq, n, total) in self._sums.items():
             rmse = float(np.sqrt(sq / n)) if n else float("nan")
             self.log(f"val/{key}", rmse, prog_bar=key == "edge_rmse")

@@ -1,6 +1,7 @@
-"""The FBP filters (Kak & Slaney, ch. 3), shared by FBP (:mod:`src.recon.fbp`) and gridrec
-(:mod:`src.recon.gridrec`): the spatially defined band-limited ramp ``h[0] = 1/4,
-h[odd n] = -1/(pi n)^2, h[even n] = 0`` windowed in the frequency domain.
+"""The FBP filters (Kak & Slaney, ch. 3), shared by FBP and gridrec.
+
+Used by :mod:`src.recon.fbp` and :mod:`src.recon.gridrec`: the spatially defined band-limited ramp
+``h[0] = 1/4, h[odd n] = -1/(pi n)^2, h[even n] = 0`` windowed in the frequency domain.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 
 def padded_size(n_det: int, pad: bool) -> int:
-    """Length of a zero-padded projection row: the next power of two >= ``2 n_det`` (or
-    ``n_det`` without padding)."""
+    """Length of a zero-padded projection row.
+
+    The next power of two >= ``2 n_det`` (or ``n_det`` without padding).
+    """
     return int(2 ** np.ceil(np.log2(2 * n_det))) if pad else n_det
 
 

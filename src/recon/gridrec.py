@@ -1,5 +1,6 @@
-"""Gridrec-class Fourier reconstruction: the filtered inverse of the Fourier slice theorem,
-evaluated with a non-uniform FFT (FINUFFT).
+"""Gridrec-class Fourier reconstruction.
+
+The filtered inverse of the Fourier slice theorem, evaluated with a non-uniform FFT (FINUFFT).
 
 Same geometry, centre convention, filters and scale as :func:`src.recon.fbp.fbp` (see
 :mod:`src.recon.operators`): a ray at angle ``theta`` collects ``t = x cos(theta) - y sin(theta)``

@@ -70,8 +70,10 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
 
     @numba.njit(inline="always")
     def _nb_interior(base, c, width, n_t):  # pragma: no cover - jit
-        """``[lo, hi)`` of the columns ``j`` whose ``u = base + j c`` lies in ``[0, n_t - 1)``
-        (both neighbours on the detector), checked at its ends (``u`` is monotone in ``j``)."""
+        """``[lo, hi)`` of the columns ``j`` whose ``u = base + j c`` lies in ``[0, n_t - 1)``.
+
+        That is, both neighbours on the detector; checked at its ends (``u`` is monotone in ``j``).
+        """
         if abs(c) < 1e-9:
             lo, hi = 0, width
         else:
@@ -91,16 +93,20 @@ try:  # the compiled CPU kernels (numba comes with the main dependencies)
 
     @numba.njit(inline="always")
     def _nb_weight(v, inv_w):  # pragma: no cover - jit
-        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint whose left edge
-        is ``v`` (cell coordinates) and whose width is ``1 / inv_w`` (<= 1)."""
+        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint.
+
+        The footprint's left edge is ``v`` (cell coordinates) and its width is ``1 / inv_w`` (<= 1).
+        """
         fk = math.floor(v)
         wr = 1.0 + (v - fk - 1.0) * inv_w
         return int(fk), (wr if wr > 0.0 else 0.0)
 
     @numba.njit(inline="always")
     def _nb_weight(v, inv_w):  # pragma: no cover - jit
-        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint whose left edge
-        is ``v`` (cell coordinates) and whose width is ``1 / inv_w`` (<= 1)."""
+        """Cell ``floor(v)`` and the weight of cell ``floor(v) + 1`` of a footprint.
+
+        The footprint's left edge is ``v`` (cell coordinates) and its width is ``1 / inv_w`` (<= 1).
+        """
         fk = math.floor(v)
         wr = 1.0 + (v - fk - 1.0) * inv_w
         return int(fk), (wr if wr > 0.0 else 0.0)
@@ -338,6 +344,7 @@ class ParallelBeamProjector(torch.nn.Module):
         return self.n_angles, self.n_det
 
     def extra_repr(self) -> str:
+        """Shapes, centre, kernel and cache of the operator, for the module's repr."""
         return (f"image_shape={self.image_shape}, n_angles={self.n_angles}, "
                 f"n_det={self.n_det}, center={self.center}, kernel={self.kernel}, "
                 f"cache={self.cache}")
@@ -350,8 +357,11 @@ class ParallelBeamProjector(torch.nn.Module):
 
     # ---------------------------------------------------------------- torch kernel
     def _weights(self, a0: int, a1: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """For angles ``a0:a1`` and every pixel: the first bin ``(a, H, W)`` (float64) and the
-        weight of the next bin (the first gets one minus it)."""
+        """For angles ``a0:a1`` and every pixel: the first bin and the weight of the next bin.
+
+        The first bin is ``(a, H, W)`` (float64); the first bin's weight is one minus the next
+        one's.
+        """
         h, w = self.image_shape
         f64 = torch.float64
         c = torch.from_numpy(self._cos[a0:a1]).to(device)
@@ -521,8 +531,10 @@ class ParallelBeamProjector(torch.nn.Module):
         return _Project.apply(_at_least_float32(image), self)
 
     def adjoint(self, sino: Tensor) -> Tensor:
-        """Exact transpose ``A^T`` (backprojection): ``(B, A, n_det) -> (B, H, W)``; float32 for
-        half-precision input, as :meth:`forward`."""
+        """Exact transpose ``A^T`` (backprojection): ``(B, A, n_det) -> (B, H, W)``.
+
+        float32 for half-precision input, as :meth:`forward`.
+        """
         return _Backproject.apply(_at_least_float32(sino), self)
 
 

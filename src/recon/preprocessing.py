@@ -77,8 +77,11 @@ def minus_log(tomo: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def remove_outliers(tomo: np.ndarray, threshold: float = 0.1, size: int = 3) -> np.ndarray:
-    """Replace zingers: pixels with ``|x - med| > threshold * |med|`` by ``med``, the ``size x
-    size`` median within each projection ``(angles, rows, cols)`` (float32, same shape)."""
+    """Replace zingers: pixels with ``|x - med| > threshold * |med|`` by ``med``.
+
+    ``med`` is the ``size x size`` median within each projection ``(angles, rows, cols)`` (float32,
+    same shape).
+    """
     tomo = np.asarray(tomo, dtype=np.float32)
     single = tomo.ndim == 2
     t = tomo[:, None] if single else tomo
@@ -123,15 +126,17 @@ def remove_stripe_fw(
     tomo: np.ndarray, level: int | None = None, wname: str = "db5", sigma: float = 2.0,
     pad: bool = True,
 ) -> np.ndarray:
-    """Fourier--wavelet stripe removal on each sinogram ``tomo[:, r, :]`` (tomopy's
-    ``remove_stripe_fw``): ``level`` wavelet decompositions (default ``ceil(log2(max shape))``),
-    the vertical detail bands damped along the angle axis in Fourier space by
-    ``1 - exp(-k^2 / (2 sigma^2))``, then the inverse transform. ``pad`` adds ``angles / 8`` zero
-    rows (split on both ends). Needs PyWavelets. float32, the input's shape.
+    """Fourier--wavelet stripe removal on each sinogram ``tomo[:, r, :]``.
+
+    As tomopy's ``remove_stripe_fw``: ``level`` wavelet decompositions (default
+    ``ceil(log2(max shape))``), the vertical detail bands damped along the angle axis in Fourier
+    space by ``1 - exp(-k^2 / (2 sigma^2))``, then the inverse transform. ``pad`` adds
+    ``angles / 8`` zero rows (split on both ends). Needs PyWavelets. float32, the input's shape.
 
     The damping also removes angle-constant parts of the object's detail bands: on small
     sinograms (tens of columns) that changes the reconstruction visibly, so the sorting-based
-    :func:`remove_stripe_sorting` stays the default of ``reconstruct.py``."""
+    :func:`remove_stripe_sorting` stays the default of ``reconstruct.py``.
+    """
     try:
         import pywt
     except ImportError as err:

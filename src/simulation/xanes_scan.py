@@ -87,15 +87,21 @@ SIMULATION_RANGES = EdgeRanges(e0=8346.0, pre=(-60.0, -14.0), post=(25.0, 105.0)
 
 
 def default_energies() -> np.ndarray:
-    """The 60-energy Ni K-edge scan (eV): 5 pre-edge (8290–8330, 10 eV), 51 across the edge
-    (8334–8364, 0.6 eV) and 4 post-edge (8375–8450, 25 eV)."""
+    """The 60-energy Ni K-edge scan (eV).
+
+    5 pre-edge (8290–8330, 10 eV), 51 across the edge (8334–8364, 0.6 eV) and 4 post-edge
+    (8375–8450, 25 eV).
+    """
     return np.round(np.concatenate([np.arange(8290.0, 8331.0, 10.0), 8334.0 + 0.6 * np.arange(51),
                                     [8375.0, 8400.0, 8425.0, 8450.0]]), 3)
 
 
 def reduced_energy_indices(energies: np.ndarray, n: int = 15) -> np.ndarray:
-    """``n`` indices of a reduced scan: 2 pre-edge and 2 post-edge energies (the outer ones) and
-    ``n - 4`` spread evenly over 8338–8356 eV (the edge and white line)."""
+    """``n`` indices of a reduced scan.
+
+    2 pre-edge and 2 post-edge energies (the outer ones) and ``n - 4`` spread evenly over 8338–8356
+    eV (the edge and white line).
+    """
     energies = np.asarray(energies, float)
     if n < 6 or n > energies.size:
         raise ValueError(f"a reduced scan needs 6..{energies.size} energies, got {n}")
@@ -133,8 +139,10 @@ def load_end_members(
     reference_dir: str | Path | None = DEFAULT_REFERENCE_DIR, edge_discharged_eV: float = 8346.0,
     edge_charged_eV: float = 8348.5, step_eV: float = 0.05,
 ) -> EndMembers:
-    """``ref_NiO.txt`` / ``ref_LiNiO2.txt`` shifted to the NMC half-maximum anchors, on a
-    ``step_eV`` grid over their common range."""
+    """``ref_NiO.txt`` / ``ref_LiNiO2.txt`` shifted to the NMC half-maximum anchors.
+
+    Resampled on a ``step_eV`` grid over their common range.
+    """
     ref = Path(reference_dir or DEFAULT_REFERENCE_DIR)
     files = [ref / "ref_NiO.txt", ref / "ref_LiNiO2.txt"]
     for f in files:
@@ -179,6 +187,7 @@ class XanesSimConfig:
             raise ValueError(f"soc_mean must be in [0, 1], got {self.soc_mean}")
 
     def energy_grid(self) -> np.ndarray:
+        """The scan energies (eV): ``energies``, or the default 60-energy scan when None."""
         return default_energies() if self.energies is None else np.asarray(self.energies, float)
 
 
@@ -217,8 +226,10 @@ def _background(energies: np.ndarray, e0: float, power: float) -> np.ndarray:
 def true_edge_energy(
     soc: np.ndarray, cfg: XanesSimConfig, members: EndMembers, ranges: EdgeRanges = SIMULATION_RANGES,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Half-jump edge energy (eV) of the noiseless spectrum of each SOC value (NaN stays NaN),
-    and the lookup table ``{"soc", "edge_eV"}`` it interpolates (1001 SOC values)."""
+    """Half-jump edge energy (eV) of the noiseless spectrum of each SOC value (NaN stays NaN).
+
+    Also returns the lookup table ``{"soc", "edge_eV"}`` it interpolates (1001 SOC values).
+    """
     scan = cfg.energy_grid()
     frac = np.linspace(0, 1, 1001)
     bg = cfg.nmc_background * _background(scan, ranges.e0, cfg.power)

@@ -161,8 +161,10 @@ noise estimate is zero and this rule alone separates "no edge" from "edge".
 
 def _significant(jump: np.ndarray, y: np.ndarray, pre: slice, post: slice,
                  min_relative_jump: float) -> np.ndarray:
-    """``|jump| > min_relative_jump * scale`` (see :class:`NormalizedSpectra`), per column of
-    ``y`` ``(E, N)``; False where the jump is not finite."""
+    """``|jump| > min_relative_jump * scale`` per column of ``y`` ``(E, N)``.
+
+    See :class:`NormalizedSpectra`; False where the jump is not finite.
+    """
     scale = np.maximum(np.sqrt((y[pre] ** 2).mean(0)), np.sqrt((y[post] ** 2).mean(0)))
     with np.errstate(invalid="ignore"):
         return np.isfinite(jump) & (np.abs(jump) > min_relative_jump * scale) & (np.abs(jump) > 0)
@@ -234,8 +236,10 @@ def load_spectrum(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _argmax0(a: np.ndarray) -> np.ndarray:
-    """``np.argmax(a, axis=0)`` (first maximum) by a loop over the short first axis: row-wise
-    vector operations are several times faster than numpy's strided argmax along axis 0."""
+    """``np.argmax(a, axis=0)`` (first maximum) by a loop over the short first axis.
+
+    Row-wise vector operations are several times faster than numpy's strided argmax along axis 0.
+    """
     best = a[0].copy()
     k = np.zeros(a.shape[1:], np.intp)
     for i in range(1, a.shape[0]):
@@ -283,10 +287,12 @@ def normalize_spectra(
     energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges | None = None,
     shape: EdgeShape | None = None, min_relative_jump: float = MIN_RELATIVE_JUMP,
 ) -> NormalizedSpectra:
-    """Pre-edge / post-edge normalisation of ``spectra`` ``(E, ...)`` (see the module doc);
-    with ``shape`` the line slopes and the post-edge curvature are the shared ones. Spectra
-    whose jump is below ``min_relative_jump`` of their magnitude get NaN ``norm`` (see
-    :class:`NormalizedSpectra`)."""
+    """Pre-edge / post-edge normalisation of ``spectra`` ``(E, ...)`` (see the module doc).
+
+    With ``shape`` the line slopes and the post-edge curvature are the shared ones. Spectra whose
+    jump is below ``min_relative_jump`` of their magnitude get NaN ``norm`` (see
+    :class:`NormalizedSpectra`).
+    """
     ranges = ranges or EdgeRanges()
     if not min_relative_jump >= 0:
         raise ValueError(f"min_relative_jump must be >= 0, got {min_relative_jump}")
@@ -331,8 +337,10 @@ def _normalize_shared(
     energies: np.ndarray, spectra: np.ndarray, ranges: EdgeRanges, shape: EdgeShape,
     min_relative_jump: float,
 ) -> NormalizedSpectra:
-    """:func:`normalize_spectra` with the shared ``shape``: a one-parameter least-squares fit
-    of the pre-edge level, then of the jump, per voxel."""
+    """:func:`normalize_spectra` with the shared ``shape``.
+
+    A one-parameter least-squares fit of the pre-edge level, then of the jump, per voxel.
+    """
     energies, flat, rest = _check(energies, spectra)
     dtype = np.result_type(flat.dtype, np.float32)
     y = flat.astype(dtype, copy=False)
@@ -366,8 +374,10 @@ def _normalize_shared(
 
 
 def smooth_spectra(energies: np.ndarray, y: np.ndarray, points: int) -> np.ndarray:
-    """Savitzky–Golay (quadratic, ``points`` samples, 0 = off) smoothing along the energy axis
-    (axis 0), edges by repeating the end samples."""
+    """Savitzky–Golay smoothing along the energy axis (axis 0).
+
+    Quadratic, ``points`` samples (0 = off); edges by repeating the end samples.
+    """
     if points <= 2:
         return y
     y = np.asarray(y)
@@ -377,8 +387,10 @@ def smooth_spectra(energies: np.ndarray, y: np.ndarray, points: int) -> np.ndarr
 
 @functools.lru_cache(maxsize=16)
 def _savgol_matrix(n: int, window: int) -> np.ndarray:
-    """The ``(n, n)`` linear operator of :func:`scipy.signal.savgol_filter` (quadratic,
-    ``mode="nearest"``) along an axis of length ``n``."""
+    """The ``(n, n)`` operator of :func:`scipy.signal.savgol_filter` along an axis of length ``n``.
+
+    Linear; quadratic, ``mode="nearest"``.
+    """
     from scipy.signal import savgol_filter
 
     return savgol_filter(np.eye(n), window, 2, axis=0, mode="nearest")
@@ -388,8 +400,10 @@ def half_jump_energy(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], level: float = 0.5,
     smooth_points: int = 0,
 ) -> np.ndarray:
-    """Energy (eV) of the first upward crossing of ``level`` in ``norm`` ``(E, ...)`` inside
-    ``window`` (absolute eV), linearly interpolated; NaN where there is none."""
+    """Energy (eV) of the first upward crossing of ``level`` in ``norm`` ``(E, ...)``.
+
+    Inside ``window`` (absolute eV), linearly interpolated; NaN where there is none.
+    """
     energies, y, rest = _check(energies, norm)
     rows = window_rows(energies, window, margin=smooth_points // 2)  # smoothing needs no more
     energies, y = energies[rows], y[rows]
@@ -417,8 +431,9 @@ def half_jump_energy_fit(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], level: float = 0.5,
     half_width: float = 4.5, degree: int = 3, coarse_smooth: float = 6.0, iterations: int = 2,
 ) -> np.ndarray:
-    """Energy (eV) where ``norm`` ``(E, ...)`` crosses ``level`` inside ``window`` (absolute eV),
-    robust to noise; NaN where :func:`half_jump_energy` finds no coarse crossing.
+    """Energy (eV) where ``norm`` ``(E, ...)`` crosses ``level`` inside ``window``, robust to noise.
+
+    ``window`` is in absolute eV; NaN where :func:`half_jump_energy` finds no coarse crossing.
 
     1. coarse: the first upward crossing after Savitzky–Golay smoothing over ``coarse_smooth``
        eV (the window in samples follows the median energy step inside ``window``);
@@ -487,8 +502,10 @@ def half_jump_energy_fit(
 def steepest_slope_energy(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], smooth_points: int = 0
 ) -> np.ndarray:
-    """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola; NaN
-    where ``norm`` has no finite value there."""
+    """Energy (eV) of the largest dμ/dE inside ``window``, refined by a 3-point parabola.
+
+    NaN where ``norm`` has no finite value there.
+    """
     energies, y, rest = _check(energies, norm)
     rows = window_rows(energies, window, margin=1 + smooth_points // 2)
     energies, y = energies[rows], smooth_spectra(energies[rows], y[rows], smooth_points)
@@ -502,9 +519,11 @@ def steepest_slope_energy(
 def white_line_energy(
     energies: np.ndarray, norm: np.ndarray, window: tuple[float, float], half_width: float = 3.0
 ) -> np.ndarray:
-    """Energy (eV) of the white-line peak: parabola least-squares fit of the samples within
-    ``± half_width`` eV of the maximum inside ``window`` (absolute eV); NaN where ``norm`` has no
-    finite value there."""
+    """Energy (eV) of the white-line peak.
+
+    Parabola least-squares fit of the samples within ``± half_width`` eV of the maximum inside
+    ``window`` (absolute eV); NaN where ``norm`` has no finite value there.
+    """
     energies, y, rest = _check(energies, norm)
     return _refined_argmax(energies, y, window, half_width=half_width).reshape(rest)
 
@@ -512,9 +531,11 @@ def white_line_energy(
 def _refined_argmax(
     energies: np.ndarray, y: np.ndarray, window: tuple[float, float], half_width: float | None
 ) -> np.ndarray:
-    """Peak position of ``y`` ``(E, N)`` inside ``window``: a least-squares parabola over the
-    samples within ``half_width`` eV of the maximum (None: the 3 samples around it); NaN for
-    columns with no finite sample inside ``window``."""
+    """Peak position of ``y`` ``(E, N)`` inside ``window``.
+
+    A least-squares parabola over the samples within ``half_width`` eV of the maximum (None: the 3
+    samples around it); NaN for columns with no finite sample inside ``window``.
+    """
     rows = window_rows(energies, window)
     e = energies[rows]
     if e.size < 3:
@@ -620,10 +641,12 @@ def mixture_edge_lookup(
     energies: np.ndarray, references: Sequence[tuple[np.ndarray, np.ndarray]],
     ranges: EdgeRanges | None = None, n: int = 1001, step_eV: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Half-jump energy of the mixtures ``(1 - f) r0 + f r1`` of two end-members, for ``n``
-    fractions ``f`` in [0, 1]: ``(f, edge_eV)``. Normalisation uses the scan ``energies`` (as for
-    the data; those both references cover); the crossing is located on a ``step_eV`` grid, so an
-    LCF fraction becomes an edge energy without the sampling error of the scan."""
+    """Half-jump energy of the mixtures ``(1 - f) r0 + f r1`` of two end-members: ``(f, edge_eV)``.
+
+    For ``n`` fractions ``f`` in [0, 1]. Normalisation uses the scan ``energies`` (as for the data;
+    those both references cover); the crossing is located on a ``step_eV`` grid, so an LCF fraction
+    becomes an edge energy without the sampling error of the scan.
+    """
     ranges = ranges or EdgeRanges()
     if len(references) != 2:
         raise ValueError(f"the edge lookup needs exactly two end-members, got {len(references)}")
@@ -644,8 +667,9 @@ def mixture_edge_lookup(
 
 
 def find_e0(energies: np.ndarray, spectrum: np.ndarray, smooth_eV: float = 1.5) -> float:
-    """The edge energy ``e0`` (eV) of a (mean) spectrum ``(E,)``: the maximum of dμ/dE after
-    smoothing.
+    """The edge energy ``e0`` (eV) of a (mean) spectrum ``(E,)``.
+
+    The maximum of dμ/dE after smoothing.
 
     The spectrum is resampled on a uniform grid (step: the finest step of the scan, at least
     0.05 eV), smoothed by a Gaussian of ``max(smooth_eV, 1.5 × the 10th-percentile step)`` eV and

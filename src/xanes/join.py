@@ -93,8 +93,10 @@ def particle_join(
 def correlations(rows: list[dict[str, Any]], quantity: str = "soc_mean",
                  against: tuple[str, ...] = ("diameter_um", "cbd_coverage", "distance_to_side_um"),
                  ) -> dict[str, dict[str, float]]:
-    """Spearman's rank correlation (rho, two-sided p-value, n) of ``quantity`` against each
-    column of ``against`` over the particles where both are finite."""
+    """Spearman's rank correlation (rho, two-sided p-value, n) of ``quantity``.
+
+    Against each column of ``against``, over the particles where both are finite.
+    """
     from scipy.stats import spearmanr
 
     out = {}

@@ -112,8 +112,10 @@ class XanesAnalysisConfig:
             raise ValueError(f"edge_method must be 'fit' or 'crossing', got {self.edge_method!r}")
 
     def half_jump(self, energies: np.ndarray, norm: np.ndarray, smoothed: np.ndarray | None = None) -> np.ndarray:
-        """Half-jump energy (eV) of normalised spectra ``(E, ...)`` by ``edge_method``;
-        ``smoothed``: the already smoothed spectra (``crossing`` only)."""
+        """Half-jump energy (eV) of normalised spectra ``(E, ...)`` by ``edge_method``.
+
+        ``smoothed``: the already smoothed spectra (``crossing`` only).
+        """
         window = self.ranges.absolute("edge")
         if self.edge_method == "fit":
             return half_jump_energy_fit(energies, norm, window, half_width=self.fit_half_width,
@@ -126,17 +128,21 @@ class XanesAnalysisConfig:
 def mask_edge_shape(
     energies: np.ndarray, flat: np.ndarray, idx: np.ndarray, ranges: EdgeRanges
 ) -> EdgeShape | None:
-    """The shared :class:`EdgeShape` of ``analyze_stack``: from the mean spectrum of (at most
-    ~2^17 evenly strided) voxels ``idx`` of ``flat`` ``(E, N)``."""
+    """The shared :class:`EdgeShape` of ``analyze_stack``.
+
+    From the mean spectrum of (at most ~2^17 evenly strided) voxels ``idx`` of ``flat`` ``(E, N)``.
+    """
     if idx.size == 0:
         return None
     return edge_shape(energies, flat[:, idx[:: max(1, idx.size >> 17)]], ranges)
 
 
 def mean_spectrum(energies: np.ndarray, flat: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Mean spectrum ``(E,)`` of the voxels ``idx`` of ``flat`` ``(E, N)`` (at most ~2^17, evenly
-    strided) that hold an edge step: their mean over the upper quarter of the energies exceeds
-    the one over the lower quarter (all of them when none does)."""
+    """Mean spectrum ``(E,)`` of the voxels ``idx`` of ``flat`` ``(E, N)`` that hold an edge step.
+
+    At most ~2^17 voxels, evenly strided. A voxel holds an edge step when its mean over the upper
+    quarter of the energies exceeds the one over the lower quarter (all of them when none does).
+    """
     if idx.size == 0:
         raise ValueError("the mask holds no voxel: no mean spectrum")
     sub = np.asarray(flat[:, idx[:: max(1, idx.size >> 17)]], np.float64)
@@ -148,9 +154,12 @@ def mean_spectrum(energies: np.ndarray, flat: np.ndarray, idx: np.ndarray) -> np
 def resolve_ranges(
     energies: np.ndarray, flat: np.ndarray, idx: np.ndarray, cfg: XanesAnalysisConfig,
 ) -> tuple[EdgeRanges, list[str]]:
-    """The ranges the analysis uses: ``e0`` from the data when ``cfg.ranges.e0`` is None (the
-    maximum derivative of the smoothed mean spectrum of the mask's voxels with an edge step), and
-    with ``cfg.fit_to_scan`` the windows placed inside the scan. Returns ``(ranges, notes)``."""
+    """The ranges the analysis uses. Returns ``(ranges, notes)``.
+
+    ``e0`` from the data when ``cfg.ranges.e0`` is None (the maximum derivative of the smoothed mean
+    spectrum of the mask's voxels with an edge step), and with ``cfg.fit_to_scan`` the windows
+    placed inside the scan.
+    """
     ranges, notes = cfg.ranges, []
     e0 = ranges.e0
     if e0 is None:
@@ -167,10 +176,12 @@ def resolve_ranges(
 
 @dataclass
 class XanesResult:
-    """What :func:`analyze` found: ``maps`` (see the module doc), the ``ranges`` used (``e0``
-    resolved, windows inside the scan), ``notes`` (how they were placed), the end-member
-    ``basis`` ``(E, K)`` normalised at the scan energies (None without end-members) and their
-    ``names``."""
+    """What :func:`analyze` found.
+
+    ``maps`` (see the module doc), the ``ranges`` used (``e0`` resolved, windows inside the scan),
+    ``notes`` (how they were placed), the end-member ``basis`` ``(E, K)`` normalised at the scan
+    energies (None without end-members) and their ``names``.
+    """
 
     maps: dict[str, np.ndarray]
     ranges: EdgeRanges
@@ -193,8 +204,11 @@ def _mixture_lookup(energies: np.ndarray, basis: np.ndarray, cfg: XanesAnalysisC
 
 
 def soc_saturation(soc: np.ndarray, threshold: float = 0.05, tol: float = 1e-3) -> dict[str, Any]:
-    """Share of the finite SOC values at 0 (``<= tol``) and at 1 (``>= 1 - tol``); ``saturated``
-    when either exceeds ``threshold`` (the end-members do not span the electrode's states)."""
+    """Share of the finite SOC values at 0 (``<= tol``) and at 1 (``>= 1 - tol``).
+
+    ``saturated`` when either exceeds ``threshold`` (the end-members do not span the electrode's
+    states).
+    """
     v = np.asarray(soc, float)
     v = v[np.isfinite(v)]
     at0 = float((v <= tol).mean()) if v.size else float("nan")
@@ -209,8 +223,10 @@ def analyze_stack(
     reference_names: Sequence[str] | None = None, cfg: XanesAnalysisConfig | None = None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Maps (see the module doc) of ``stack`` ``(E, *spatial)``; ``mask`` ``spatial`` bool
-    (:func:`analyze`'s maps)."""
+    """Maps (see the module doc) of ``stack`` ``(E, *spatial)``.
+
+    ``mask``: ``spatial`` bool (:func:`analyze`'s maps).
+    """
     return analyze(energies, stack, mask, references, reference_names, cfg, progress).maps
 
 
@@ -497,9 +513,12 @@ def write_outputs(
     profile: list[dict[str, Any]], summary: dict[str, Any], mask: np.ndarray, figures: bool = True,
     table_name: str = "particles.csv",
 ) -> dict[str, Path]:
-    """Write ``maps/<name>.tif``, ``particles.csv``, ``radial_profile.csv``, ``summary.json``
-    and (``figures``) ``maps.png`` / ``histograms.png``; every file atomically. ``table_name``:
-    the per-row table (``spectra.csv`` for point spectra)."""
+    """Write the maps, tables, summary and figures; every file atomically.
+
+    Writes ``maps/<name>.tif``, ``particles.csv``, ``radial_profile.csv``, ``summary.json`` and
+    (``figures``) ``maps.png`` / ``histograms.png``. ``table_name``: the per-row table
+    (``spectra.csv`` for point spectra).
+    """
     from src.analysis.statistics_table import write_csv_atomic
 
     out = Path(output_dir)

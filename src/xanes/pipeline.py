@@ -32,8 +32,11 @@ def load_segmentation(
     path: str | Path, spatial: tuple[int, ...], class_names: list[str], phase: str | None,
     label_values: list[int] | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(mask, labels)``: the bool mask of ``phase`` (see :func:`load_mask`) and, when the file
-    is a segmentation of ``class_names`` (not a 0/1 mask), its phase indices (else None)."""
+    """``(mask, labels)``: the bool mask of ``phase`` and, for a segmentation, its phase indices.
+
+    The mask is as :func:`load_mask`; the labels are the phase indices when the file is a
+    segmentation of ``class_names`` (not a 0/1 mask), else None.
+    """
     from src.data.io import read_image
 
     seg = np.asarray(read_image(path, mmap=False))
@@ -72,16 +75,20 @@ def load_segmentation(
 
 def load_mask(path: str | Path, spatial: tuple[int, ...], class_names: list[str], phase: str | None,
               label_values: list[int] | None) -> np.ndarray:
-    """Bool mask of ``phase`` from a segmentation of shape ``spatial``; ``phase=None`` (or a
-    bool TIFF): the non-zero voxels; a file holding only 0 and 1 (and no ``label_values``) is a
-    binary mask: its 1s, whatever ``phase``."""
+    """Bool mask of ``phase`` from a segmentation of shape ``spatial``.
+
+    ``phase=None`` (or a bool TIFF): the non-zero voxels; a file holding only 0 and 1 (and no
+    ``label_values``) is a binary mask: its 1s, whatever ``phase``.
+    """
     return load_segmentation(path, spatial, class_names, phase, label_values)[0]
 
 
 def load_inputs(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """``(energies, stack, spectrum_names)``: a spectral stack with its energy list, or a table
-    of point spectra (``input`` a CSV/TXT or a folder of two-column files, ``energies`` null) as
-    an ``(E, N)`` stack with the spectra's names."""
+    """``(energies, stack, spectrum_names)``: a spectral stack and its energies, or point spectra.
+
+    A table of point spectra (``input`` a CSV/TXT or a folder of two-column files, ``energies``
+    null) is returned as an ``(E, N)`` stack with the spectra's names.
+    """
     from src.data.io.spectra import (
         is_spectra_table,
         read_energies,
@@ -104,8 +111,10 @@ def load_inputs(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str] | No
 
 
 def load_end_member_spectra(cfg: DictConfig) -> tuple[list | str | None, list[str], dict[str, str]]:
-    """``(references, names, files)``: the end-member spectra ``[(energies, mu), ...]`` (any
-    number), or :data:`FROM_DATA`, or None; their names and files."""
+    """``(references, names, files)``: the end-member spectra, their names and files.
+
+    The spectra are ``[(energies, mu), ...]`` (any number), or :data:`FROM_DATA`, or None.
+    """
     from src.xanes.edge import load_spectrum
     from src.xanes.references import resolve_reference
 

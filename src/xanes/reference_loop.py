@@ -95,11 +95,13 @@ def analyze_spectrum_loop(
     ranges: EdgeRanges | None = None, smooth_points: int = 7, shape: EdgeShape | None = None,
     edge_fit: tuple[float, int, float] | None = (4.5, 3, 6.0),
 ) -> dict[str, np.ndarray]:
-    """Edge analysis of ``spectra`` ``(E, N)`` one voxel at a time; ``references`` ``(E, K)``
-    normalised end-members; ``shape``: shared normalisation shape (None: per-voxel lines);
-    ``edge_fit``: ``(half_width_eV, degree, coarse_smooth_eV)`` of the local-polynomial half jump
-    (None: the crossing after ``smooth_points`` smoothing). Returns arrays ``(N,)``
-    (``weights``: ``(K, N)``)."""
+    """Edge analysis of ``spectra`` ``(E, N)`` one voxel at a time.
+
+    ``references`` ``(E, K)`` normalised end-members; ``shape``: shared normalisation shape (None:
+    per-voxel lines); ``edge_fit``: ``(half_width_eV, degree, coarse_smooth_eV)`` of the
+    local-polynomial half jump (None: the crossing after ``smooth_points`` smoothing). Returns
+    arrays ``(N,)`` (``weights``: ``(K, N)``).
+    """
     r = ranges or EdgeRanges()
     rows = [_one(np.asarray(energies, float), spectra[:, i].astype(float), references, r, smooth_points,
                  shape, edge_fit) for i in range(spectra.shape[1])]

@@ -23,8 +23,11 @@ _stack = contextlib.ExitStack()
 
 
 def builtin_reference_dir() -> Path:
-    """The folder holding the shipped end-member spectra and their licence (a real folder, also
-    when the package is installed as a zip: then it is extracted once per process)."""
+    """The folder holding the shipped end-member spectra and their licence.
+
+    A real folder, also when the package is installed as a zip: then it is extracted once per
+    process.
+    """
     folder = resources.files("src.xanes") / "data"
     return Path(_stack.enter_context(resources.as_file(folder)))
 

@@ -55,8 +55,9 @@ class SeriesState:
 
 
 def read_series_manifest(path: str | Path) -> tuple[list[SeriesState], dict[str, Any]]:
-    """``(states, extra)`` of a series manifest; ``extra`` holds the YAML's top-level
-    ``electrochem`` / ``energies`` (resolved paths).
+    """``(states, extra)`` of a series manifest.
+
+    ``extra`` holds the YAML's top-level ``electrochem`` / ``energies`` (resolved paths).
 
     Raises:
         FileNotFoundError: the manifest, or a state's file (stack, energies, segmentation), is

@@ -142,8 +142,10 @@ def read_spectral_stack(
 
 
 def _numeric_table(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Rows of numbers of a text table (comma, semicolon, tab or space separated; ``#`` comments
-    and a non-numeric header line skipped) → ``(rows, header)``."""
+    """Read the rows of numbers of a text table → ``(rows, header)``.
+
+    Comma, semicolon, tab or space separated; ``#`` comments and a non-numeric header line skipped.
+    """
     header: list[str] = []
     rows: list[list[float]] = []
     try:

@@ -53,8 +53,11 @@ def make_projector(
     center: float | None = None,
     theta: Sequence[float] | np.ndarray | None = None,
 ) -> ParallelBeamProjector:
-    """Projector for ``(H, W)`` slices (an int means square) with ``theta`` or ``n_angles`` even
-    angles over ``[0, pi)``; ``n_det`` defaults to ``W``, ``center`` to ``n_det / 2``."""
+    """Projector for ``(H, W)`` slices (an int means square).
+
+    Uses ``theta`` or ``n_angles`` even angles over ``[0, pi)``; ``n_det`` defaults to ``W``,
+    ``center`` to ``n_det / 2``.
+    """
     size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(
         int(s) for s in image_size)  # type: ignore[union-attr]
     if len(size) != 2:
@@ -128,8 +131,10 @@ class ReconNet(nn.Module):
 
 
 def _residual_cnn(c_in: int, c_out: int, width: int, depth: int, zero_last: bool = False) -> nn.Sequential:
-    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``; last bias zero
-    (and its weights zero with ``zero_last``: the update starts at zero)."""
+    """``depth`` 3x3 convs (``width`` channels, PReLU between) ``c_in -> c_out``.
+
+    Last bias zero (and its weights zero with ``zero_last``: the update starts at zero).
+    """
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(depth - 1):

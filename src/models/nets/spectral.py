@@ -33,6 +33,7 @@ class SpectralDenoiser(nn.Module):
         nn.init.zeros_(self.unet.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised stack ``(B, E, H, W)``: the input plus the U-Net's residual."""
         return x + self.unet(x)
 
 
@@ -63,8 +64,10 @@ class SpectralSpatialDenoiser(nn.Module):
 
     @torch.no_grad()
     def init_spectral_basis(self, spectra: torch.Tensor) -> None:
-        """Encoder/decoder := the leading principal components of ``spectra`` ``(N, E)``: the
-        output starts as the projection ``mean + V Vᵀ (x - mean)`` of every voxel's spectrum."""
+        """Encoder/decoder := the leading principal components of ``spectra`` ``(N, E)``.
+
+        The output starts as the projection ``mean + V Vᵀ (x - mean)`` of every voxel's spectrum.
+        """
         if spectra.ndim != 2 or spectra.shape[1] != self.n_energies:
             raise ValueError(f"spectra must be (N, {self.n_energies}), got {tuple(spectra.shape)}")
         spectra = spectra.double()
@@ -80,6 +83,7 @@ class SpectralSpatialDenoiser(nn.Module):
         self.decode.bias.copy_(mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised stack ``(B, E, H, W)``: ``decode(z + spatial(z))`` with ``z = encode(x)``."""
         z = self.encode(x)
         return self.decode(z + self.spatial(z))
 
@@ -96,9 +100,12 @@ class EdgeEnergyNet(nn.Module):
         self.centre_eV, self.scale_eV = float(centre_eV), float(scale_eV)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Edge energy relative to ``centre_eV`` in units of ``scale_eV`` (add back with
-        :meth:`to_eV`; kept relative so float32 keeps sub-meV precision)."""
+        """Edge energy relative to ``centre_eV`` in units of ``scale_eV``.
+
+        Add back with :meth:`to_eV`; kept relative so float32 keeps sub-meV precision.
+        """
         return self.unet(x)
 
     def to_eV(self, out: torch.Tensor) -> torch.Tensor:
+        """Net output ``(B, 1, H, W)`` -> absolute edge energy (eV, float64)."""
         return self.centre_eV + self.scale_eV * out.double()
