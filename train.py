@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from src.models.checkpoint import CheckpointNotFoundError, load_pretrained_weights
 
         try:
-            n = load_pretrained_weights(model, cfg.init_from)
+            n = load_pretrained_weights(model, cfg.init_from, reinit_head=bool(cfg.get("reinit_head", False)))
         except CheckpointNotFoundError as err:
             raise CheckpointNotFoundError(
                 f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "
