@@ -40,7 +40,13 @@ from src.analysis.baselines import RandomForestSegmenter
 from src.analysis.metrics import confusion_matrix, scores_from_confusion
 from src.data.io import read_image, write_json, write_text, write_tiff
 from src.data.transforms import DEFAULT_NORMALIZE, normalize_percentile
-from src.simulation.scribbles import UNLABELLED, draw_scribbles, labelled_fraction, regions_mask, to_napari_labels
+from src.simulation.scribbles import (
+    UNLABELLED,
+    draw_scribbles,
+    labelled_fraction,
+    regions_mask,
+    to_napari_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["NMC", "CBD", "pore"]

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from src.simulation.scribbles import UNLABELLED, draw_scribbles, labelled_fraction, regions_mask, to_napari_labels
+from src.simulation.scribbles import (
+    UNLABELLED,
+    draw_scribbles,
+    labelled_fraction,
+    regions_mask,
+    to_napari_labels,
+)
 from tests.helpers import blob_labels
 
 
