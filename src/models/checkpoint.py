@@ -221,3 +221,27 @@ def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: s
         )
     module.load_state_dict({k: state[k] for k in own}, strict=False)
     return len(own)
+
+
+def checkpoint_net_config(path: str | Path, num_classes: int | None = None) -> dict[str, Any]:
+    """The network config (``_target_`` and arguments) a checkpoint was trained with, so a
+    fine-tuning run rebuilds exactly that net (``net_from_init=true``).
+
+    Args:
+        path: the checkpoint.
+        num_classes: set the net's ``num_classes``/``out_channels`` to this (another head), or None.
+
+    Returns:
+        The net config (a plain dict, ``_target_`` updated for moved classes).
+    """
+    ckpt = read_checkpoint(Path(path))
+    hp = ckpt.get("hyper_parameters", {})
+    net = hp.get("net") if isinstance(hp, dict) else None
+    if not isinstance(net, dict) or "_target_" not in net:
+        raise CheckpointError(f"checkpoint {path} stores no network config (hyper_parameters.net) to rebuild")
+    net = {**net, "_target_": current_target(net["_target_"])}
+    if num_classes is not None:
+        for key in ("num_classes", "out_channels"):
+            if key in net:
+                net[key] = int(num_classes)
+    return net
