@@ -53,6 +53,7 @@ def predict(cfg: DictConfig) -> PredictionResult:
         ckpt = Path(cfg.ckpt_path).resolve()
         result = predict_volume(
             predictor, source, cfg.output, value_range=value_range, save_probabilities=cfg.save_probabilities,
+            save_uncertainty=bool(cfg.get("save_uncertainty", False)),
             class_names=list(module.class_names), rank=rank, world_size=world_size, overwrite=cfg.overwrite,
             progress=cfg.progress, settings={"checkpoint": str(ckpt), "checkpoint_bytes": ckpt.stat().st_size,
                                              **_input_identity(input_path)},
