@@ -3,14 +3,47 @@ uncertainty, save; headless (Xvfb, else QT_QPA_PLATFORM=offscreen) with napari's
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("napari", reason="napari is not installed (pip install 'batteryct[gui]')")
 pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install 'batteryct[gui]')")
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen") if not os.environ.get("DISPLAY") else None
+
+
+def _display() -> str | None:
+    """An X display for napari's OpenGL canvas: $DISPLAY (xvfb-run), else an Xvfb started here
+    (stopped at exit), else None (Qt's offscreen platform has no OpenGL for napari's canvas)."""
+    if os.environ.get("DISPLAY"):
+        return os.environ["DISPLAY"]
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen" or not shutil.which("Xvfb"):
+        return None
+    for n in range(90 + os.getpid() % 50, 200):
+        if Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists():
+            continue
+        proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if Path(f"/tmp/.X11-unix/X{n}").exists():
+                atexit.register(proc.terminate)
+                os.environ["DISPLAY"] = f":{n}"
+                return os.environ["DISPLAY"]
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.terminate()
+    return None
+
+
+if _display() is None:
+    pytest.skip("no X display for napari's OpenGL canvas: install xvfb (apt-get install xvfb) or run under "
+                "xvfb-run; Qt's offscreen platform gives napari no OpenGL", allow_module_level=True)
 
 from src.data.io import read_image, write_tiff  # noqa: E402
 from src.gui.napari_plugin import ScribbleWidget, write_scribbled_slices  # noqa: E402
