@@ -65,7 +65,7 @@ def test_mc_dropout_needs_dropout_and_varies_passes():
     for _ in range(2):
         p = SlidingWindowPredictor(net, 2, 16, roi_size=32, mc_samples=3)
         parts = []
-        p.predict(image, lambda _s, x: parts.append(x), progress=False)
+        p.predict(image, lambda _s, x, parts=parts: parts.append(x), progress=False)
         probs.append(parts[0])
     assert not np.allclose(probs[0], probs[1])  # dropout is sampled
     assert np.allclose(probs[0].sum(0), 1, atol=1e-5)
