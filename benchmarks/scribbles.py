@@ -148,6 +148,8 @@ def main() -> None:
     p.add_argument("--regions", type=int, default=6, help="round 2: top regions (64²) per slice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapt", nargs="*", default=[], help="extra overrides of the adaptation runs")
+    p.add_argument("--replay-weight", type=float, default=0.3,
+                   help="an extra row: round 1 with the base training slices replayed (this share of patches; 0: no row)")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "scribbles")
     args = p.parse_args()
 
@@ -180,6 +182,15 @@ def main() -> None:
     ckpt1, s1 = adapt(out / "adapt_round1", base, scrib_images, round1, args.adapt)
     rows.append({"method": "adapted CNN (round 1)", "scribbled_pct": pct1, "seconds": s1,
                  **scores(evaluate(out / "eval_round1", ckpt1, test_images, test_labels))})
+
+    if args.replay_weight > 0:
+        replay = [d / f"{n}.tif" for n in args.base_train.split(",")]
+        replay_opts = [f"data.replay_images={hydra_list(replay)}",
+                       f"data.replay_labels={hydra_list([d / f'{n}_label.tif' for n in args.base_train.split(',')])}",
+                       f"data.replay_weight={args.replay_weight}"]
+        ckpt_r, s_r = adapt(out / "adapt_round1_replay", base, scrib_images, round1, [*replay_opts, *args.adapt])
+        rows.append({"method": f"adapted CNN + replay of the old labels ({args.replay_weight:g})", "scribbled_pct": pct1,
+                     "seconds": s_r, **scores(evaluate(out / "eval_round1_replay", ckpt_r, test_images, test_labels))})
 
     # "label here next" on the scribbled slices, from the adapted CNN's TTA ensemble
     unc = out / "uncertainty_round1"

@@ -126,7 +126,10 @@ def rank_regions(uncertainty: np.ndarray, region: int = 64, axis: int = 0,
 
     Args:
         uncertainty: ``(y, x)`` or ``(z, y, x)`` map (e.g. :func:`predictive_entropy`).
-        region: side of the square regions in pixels (edge squares may be smaller).
+        region: side of the square regions in pixels; a grid of full squares covers the
+            slice, the last row and column shifted to end at the border (overlapping the one
+            before), so every region has the same area (smaller only in a slice narrower than
+            ``region``).
         axis: for volumes, the axis slices are taken along.
         top: keep only the ``top`` regions (None: all).
 
@@ -147,10 +150,14 @@ def rank_regions(uncertainty: np.ndarray, region: int = 64, axis: int = 0,
     slice_means = u.reshape(u.shape[0], -1).mean(1)
     order = np.argsort(-slice_means, kind="stable")
     slices = [{"rank": r + 1, "slice": int(z), "mean_uncertainty": float(slice_means[z])} for r, z in enumerate(order)]
+    def starts(n: int) -> list[int]:  # full squares; the last one ends at the border
+        s = list(range(0, max(n - region, 0) + 1, region))
+        return s + [n - region] if n > region and s[-1] + region < n else s
+
     rows = []
     for z in range(u.shape[0]):
-        for y0 in range(0, u.shape[1], region):
-            for x0 in range(0, u.shape[2], region):
+        for y0 in starts(u.shape[1]):
+            for x0 in starts(u.shape[2]):
                 y1, x1 = min(y0 + region, u.shape[1]), min(x0 + region, u.shape[2])
                 rows.append({"slice": z, "y0": y0, "y1": y1, "x0": x0, "x1": x1,
                              "mean_uncertainty": float(u[z, y0:y1, x0:x1].mean())})

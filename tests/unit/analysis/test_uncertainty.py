@@ -60,12 +60,13 @@ def test_calibration_ece_on_known_bins_and_ignored_voxels(tmp_path):
 def test_rank_regions_orders_by_mean_and_writes_csv_png(tmp_path):
     u = np.zeros((2, 128, 100), np.float32)
     u[1, 64:128, 0:64] = 2.0  # the most uncertain square
-    u[0, 0:64, 64:100] = 1.0  # an edge square (36 wide)
+    u[0, 0:64, 64:100] = 3.0  # at the border: inside the last square (x 36..100)
     u[0] += 0.01
     slices, regions = rank_regions(u, 64)
     assert [s["slice"] for s in slices] == [1, 0]
     assert (regions[0]["slice"], regions[0]["y0"], regions[0]["x0"]) == (1, 64, 0)
-    assert (regions[1]["slice"], regions[1]["x0"], regions[1]["x1"]) == (0, 64, 100)
+    assert (regions[1]["slice"], regions[1]["x0"], regions[1]["x1"]) == (0, 36, 100)
+    assert all((r["y1"] - r["y0"], r["x1"] - r["x0"]) == (64, 64) for r in regions)  # same area
     assert [r["rank"] for r in regions] == list(range(1, len(regions) + 1))
     assert len(regions) == 2 * 2 * 2
     csv = write_suggestions_csv(regions[:3], tmp_path / "s.csv").read_text().splitlines()
@@ -73,7 +74,7 @@ def test_rank_regions_orders_by_mean_and_writes_csv_png(tmp_path):
     png = save_suggestions_png(np.random.default_rng(0).random(u.shape), u, regions, tmp_path / "s.png")
     assert png.stat().st_size > 1000
     # along another axis: slices are taken along x
-    assert rank_regions(u, 32, axis=2)[0][0]["slice"] < 64
+    assert rank_regions(u, 32, axis=2)[0][0]["slice"] >= 64  # the x columns of the 3.0 strip
 
 
 def _synthetic_electrode_slices(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
