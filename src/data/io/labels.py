@@ -106,7 +106,8 @@ def map_label_values(label: np.ndarray, num_classes: int, source: str | Path,
         raise ValueError(
             f"{source}: label values {bad[:10]} are neither a class (label_values {values} for "
             f"{num_classes} classes) nor unlabelled (unlabelled_value={unlabelled_value}, "
-            f"ignore_index={ignore_index})")
+            f"ignore_index={ignore_index}); napari/ilastik scribbles (0 = unlabelled, 1..K) need "
+            f"label_values={list(range(1, num_classes + 1))} unlabelled_value=0")
     fill = IGNORE_INDEX if ignore_index is None else int(ignore_index)
     if ignore_index is None and any(int(v) in unlabelled for v in stored):
         raise ValueError(f"{source}: unlabelled voxels (value {unlabelled_value}) need data.ignore_index")
