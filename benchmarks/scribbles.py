@@ -88,6 +88,15 @@ def adapt(out: Path, init: Path, images: list[Path], scribbles: list[Path], extr
     return ckpt, json.loads(timing.read_text())["seconds"]
 
 
+def fit_curve(run_dir: Path) -> list[float]:
+    """val/miou on the scribbled pixels after each epoch of an adaptation run (its CSV log)."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path) as fh:
+        return [round(float(r["val/miou"]), 3) for r in csv.DictReader(fh) if r.get("val/miou")]
+
+
 def scores(report: dict) -> dict:
     o = report["overall"]
     return {"miou": o["miou"], "accuracy": o["accuracy"], **{f"iou_{c}": o["iou"][c] for c in CLASSES}}
@@ -223,9 +232,13 @@ def main() -> None:
         f"| {r['method']} | {r['scribbled_pct']:.2f} | {r['seconds']:.0f} | {r['miou']:.3f} | {r['accuracy']:.3f} | "
         f"{r['iou_NMC']:.3f} | {r['iou_CBD']:.3f} | {r['iou_pore']:.3f} |\n" for r in rows)
     write_text(out / "scribbles.md", table)
+    curves = {p.name: fit_curve(p) for p in sorted(out.glob("adapt_*")) if p.is_dir()}
     write_json(out / "scribbles.json", {"base": str(base), "scribble": scrib_names, "test": test_names,
-                                        "rows": rows, "adapt_overrides": args.adapt})
+                                        "rows": rows, "adapt_overrides": args.adapt,
+                                        "val_miou_on_scribbles_per_epoch": curves})
     print(table)
+    for name, curve in curves.items():
+        print(f"{name}: val/miou on the scribbled pixels per epoch {curve}")
 
 
 if __name__ == "__main__":
