@@ -144,6 +144,31 @@ def random_regions(shape: tuple[int, int], n: int, side: int, rng: np.random.Gen
     return [{"y0": cells[i][0], "y1": cells[i][0] + side, "x0": cells[i][1], "x1": cells[i][1] + side} for i in pick]
 
 
+def write_outputs(out: Path, rows: list[dict], base: Path, scrib_names: list[str], test_names: list[str],
+                  overrides: list[str], final: bool = False) -> None:
+    """``scribbles.csv``/``.md``/``.json`` with the rows so far (written after every row, so an
+    interrupted study keeps what it measured); the table and fit curves printed at the end."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "scribbles.csv", buf.getvalue())
+    header = "| method | scribbled % | seconds | mIoU | accuracy | IoU NMC | IoU CBD | IoU pore |\n|---|---|---|---|---|---|---|---|\n"
+    table = header + "".join(
+        f"| {r['method']} | {r['scribbled_pct']:.2f} | {r['seconds']:.0f} | {r['miou']:.3f} | {r['accuracy']:.3f} | "
+        f"{r['iou_NMC']:.3f} | {r['iou_CBD']:.3f} | {r['iou_pore']:.3f} |\n" for r in rows)
+    write_text(out / "scribbles.md", table)
+    curves = {p.name: fit_curve(p) for p in sorted(out.glob("adapt_*")) if p.is_dir()}
+    write_json(out / "scribbles.json", {"base": str(base), "scribble": scrib_names, "test": test_names,
+                                        "rows": rows, "adapt_overrides": overrides,
+                                        "val_miou_on_scribbles_per_epoch": curves})
+    if not final:
+        return
+    print(table)
+    for name, curve in curves.items():
+        print(f"{name}: val/miou on the scribbled pixels per epoch {curve}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "segmentpy-nmc")
@@ -171,13 +196,17 @@ def main() -> None:
     test_images, test_labels = [d / f"{n}.tif" for n in test_names], [d / f"{n}_label.tif" for n in test_names]
     base = args.base
     rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        write_outputs(out, rows, base, scrib_names, test_names, args.adapt)
     if base is None:
         base = out / "base" / "checkpoints" / "best.ckpt"
         if not base.is_file():
             images = hydra_list([d / f"{n}.tif" for n in args.base_train.split(",")])
             run(["train.py", "experiment=segmentpy_nmc", f"data.images={images}", f"trainer.max_time={args.base_time}",
                  "logger=csv", f"hydra.run.dir={out / 'base'}"], out / "base.log")
-    rows.append({"method": "trained model, no adaptation", "scribbled_pct": 0.0, "seconds": 0.0,
+    add({"method": "trained model, no adaptation", "scribbled_pct": 0.0, "seconds": 0.0,
                  **scores(evaluate(out / "eval_base", base, test_images, test_labels))})
 
     truths = [read_image(d / f"{n}_label.tif") for n in scrib_names]
@@ -186,20 +215,11 @@ def main() -> None:
     round1 = write_scribbles(out / "scribbles_round1", scrib_names, first)
 
     forest, forest_s = forest_scores(scrib_images, first, test_images, test_labels)
-    rows.append({"method": "random forest on the scribbles", "scribbled_pct": pct1, "seconds": forest_s, **forest})
+    add({"method": "random forest on the scribbles", "scribbled_pct": pct1, "seconds": forest_s, **forest})
 
     ckpt1, s1 = adapt(out / "adapt_round1", base, scrib_images, round1, args.adapt)
-    rows.append({"method": "adapted CNN (round 1)", "scribbled_pct": pct1, "seconds": s1,
+    add({"method": "adapted CNN (round 1)", "scribbled_pct": pct1, "seconds": s1,
                  **scores(evaluate(out / "eval_round1", ckpt1, test_images, test_labels))})
-
-    if args.replay_weight > 0:
-        replay = [d / f"{n}.tif" for n in args.base_train.split(",")]
-        replay_opts = [f"data.replay_images={hydra_list(replay)}",
-                       f"data.replay_labels={hydra_list([d / f'{n}_label.tif' for n in args.base_train.split(',')])}",
-                       f"data.replay_weight={args.replay_weight}"]
-        ckpt_r, s_r = adapt(out / "adapt_round1_replay", base, scrib_images, round1, [*replay_opts, *args.adapt])
-        rows.append({"method": f"adapted CNN + replay of the old labels ({args.replay_weight:g})", "scribbled_pct": pct1,
-                     "seconds": s_r, **scores(evaluate(out / "eval_round1_replay", ckpt_r, test_images, test_labels))})
 
     # "label here next" on the scribbled slices, from the adapted CNN's TTA ensemble
     unc = out / "uncertainty_round1"
@@ -219,26 +239,19 @@ def main() -> None:
         tag = "next" if variant == "label here next" else "random"
         paths = write_scribbles(out / f"scribbles_round2_{tag}", scrib_names, second)
         ckpt2, s2 = adapt(out / f"adapt_round2_{tag}", ckpt1, scrib_images, paths, args.adapt)
-        rows.append({"method": f"adapted CNN, round 2 ({variant})", "scribbled_pct": pct2, "seconds": s1 + s2,
+        add({"method": f"adapted CNN, round 2 ({variant})", "scribbled_pct": pct2, "seconds": s1 + s2,
                      **scores(evaluate(out / f"eval_round2_{tag}", ckpt2, test_images, test_labels))})
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "scribbles.csv", buf.getvalue())
-    header = "| method | scribbled % | seconds | mIoU | accuracy | IoU NMC | IoU CBD | IoU pore |\n|---|---|---|---|---|---|---|---|\n"
-    table = header + "".join(
-        f"| {r['method']} | {r['scribbled_pct']:.2f} | {r['seconds']:.0f} | {r['miou']:.3f} | {r['accuracy']:.3f} | "
-        f"{r['iou_NMC']:.3f} | {r['iou_CBD']:.3f} | {r['iou_pore']:.3f} |\n" for r in rows)
-    write_text(out / "scribbles.md", table)
-    curves = {p.name: fit_curve(p) for p in sorted(out.glob("adapt_*")) if p.is_dir()}
-    write_json(out / "scribbles.json", {"base": str(base), "scribble": scrib_names, "test": test_names,
-                                        "rows": rows, "adapt_overrides": args.adapt,
-                                        "val_miou_on_scribbles_per_epoch": curves})
-    print(table)
-    for name, curve in curves.items():
-        print(f"{name}: val/miou on the scribbled pixels per epoch {curve}")
+    if args.replay_weight > 0:
+        replay = [d / f"{n}.tif" for n in args.base_train.split(",")]
+        replay_opts = [f"data.replay_images={hydra_list(replay)}",
+                       f"data.replay_labels={hydra_list([d / f'{n}_label.tif' for n in args.base_train.split(',')])}",
+                       f"data.replay_weight={args.replay_weight}"]
+        ckpt_r, s_r = adapt(out / "adapt_round1_replay", base, scrib_images, round1, [*replay_opts, *args.adapt])
+        add({"method": f"adapted CNN + replay of the old labels ({args.replay_weight:g})", "scribbled_pct": pct1,
+                     "seconds": s_r, **scores(evaluate(out / "eval_round1_replay", ckpt_r, test_images, test_labels))})
+
+    write_outputs(out, rows, base, scrib_names, test_names, args.adapt, final=True)
 
 
 if __name__ == "__main__":
