@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.cli import run_command
 from src.config import resolve_device
 from src.inference.evaluation import (
+    SparseLabels,
     WindowSettings,
     baseline_segmenter,
     evaluate_reconstruction,
@@ -36,7 +37,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.method.name == "model":
         window = WindowSettings(roi_size=OmegaConf.to_container(cfg.roi_size) if OmegaConf.is_config(cfg.roi_size) else cfg.roi_size,
                                 overlap=cfg.overlap, sw_batch_size=cfg.sw_batch_size, blend_mode=cfg.blend_mode,
-                                slice_batch=int(cfg.slice_batch), tta=bool(cfg.tta), slice_axes=list(cfg.slice_axes))
+                                slice_batch=int(cfg.slice_batch), tta=bool(cfg.tta), slice_axes=list(cfg.slice_axes),
+                                mc_dropout=int(cfg.mc_dropout))
 
         def load():
             return model_segmenter(cfg.ckpt_path, resolve_device(cfg.device), window,
@@ -55,7 +57,10 @@ def evaluate(cfg: DictConfig) -> dict:
     return evaluate_segmentation(
         cfg.images, cfg.labels, Path(cfg.output_dir), load, class_names,
         save_probabilities=bool(cfg.save_probabilities), panels=bool(cfg.panels), stats=bool(cfg.stats),
-        voxel_size_nm=cfg.voxel_size_nm, stats_options=OmegaConf.to_container(cfg.statistics, resolve=True))
+        voxel_size_nm=cfg.voxel_size_nm, stats_options=OmegaConf.to_container(cfg.statistics, resolve=True),
+        sparse=SparseLabels(cfg.ignore_index, None if cfg.label_values is None else [int(v) for v in cfg.label_values],
+                            cfg.unlabelled_value),
+        save_uncertainty=bool(cfg.save_uncertainty), suggest_region=int(cfg.suggest_region))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ def predict(cfg: DictConfig) -> PredictionResult:
     return predict_file(
         cfg.ckpt_path, str(cfg.input), str(cfg.output), hydra.utils.instantiate(cfg.tiling), device=str(cfg.device),
         normalize=None if cfg.normalize is None else OmegaConf.to_container(cfg.normalize, resolve=True),
-        save_probabilities=bool(cfg.save_probabilities), rank=cfg.rank, world_size=cfg.world_size,
-        overwrite=bool(cfg.overwrite), progress=bool(cfg.progress))
+        save_probabilities=bool(cfg.save_probabilities), save_uncertainty=bool(cfg.save_uncertainty),
+        rank=cfg.rank, world_size=cfg.world_size, overwrite=bool(cfg.overwrite), progress=bool(cfg.progress))
 
 
 if __name__ == "__main__":

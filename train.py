@@ -39,13 +39,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     log.info("data: %s", cfg.data._target_)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    if cfg.get("init_from") and cfg.get("net_from_init"):  # fine-tune exactly the checkpoint's net
+        from src.models.checkpoint import checkpoint_net_config
+
+        cfg.model.net = OmegaConf.create(checkpoint_net_config(cfg.init_from, len(cfg.data.class_names)))
     log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
     if cfg.get("init_from"):
         from src.models.checkpoint import CheckpointNotFoundError, load_pretrained_weights
 
         try:
-            n = load_pretrained_weights(model, cfg.init_from)
+            n = load_pretrained_weights(model, cfg.init_from, reinit_head=bool(cfg.get("reinit_head", False)))
         except CheckpointNotFoundError as err:
             raise CheckpointNotFoundError(
                 f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "

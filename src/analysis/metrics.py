@@ -31,16 +31,22 @@ def _check_range(a: np.ndarray, name: str, num_classes: int) -> None:
         raise ValueError(f"{name} has labels outside [0, {num_classes}): {shown}")
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
     """Confusion matrix (num_classes, num_classes) int64; rows = truth, columns = prediction.
 
-    ``pred`` and ``target`` are label arrays of the same (any) shape.
+    ``pred`` and ``target`` are label arrays of the same (any) shape. With ``ignore_index``,
+    voxels whose target is that value (unlabelled: sparse labels) are left out.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     pred, target = _as_labels(pred, "pred"), _as_labels(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {pred.shape} does not match target shape {target.shape}")
+    if ignore_index is not None:
+        labelled = target != ignore_index
+        if not labelled.all():
+            pred, target = pred[labelled], target[labelled]
     _check_range(pred, "pred", num_classes)
     _check_range(target, "target", num_classes)
     p, t = pred.reshape(-1), target.reshape(-1)

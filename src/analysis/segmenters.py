@@ -106,6 +106,7 @@ class RandomForestSegmenter:
         from sklearn.ensemble import RandomForestClassifier
 
         self.samples_per_class = samples_per_class
+        self.ignore_index = 255  # the label of unlabelled pixels (data.ignore_index): not fitted
         self.sigmas = tuple(sigmas)
         self.seed = seed
         self.forest = RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, n_jobs=-1, random_state=seed)
@@ -120,6 +121,8 @@ class RandomForestSegmenter:
             feats = filter_features(img, self.sigmas).reshape(-1, len(self.sigmas) * 6 + 1)
             flat = np.asarray(lab).reshape(-1)
             for c in np.unique(flat):
+                if c == self.ignore_index:  # unlabelled pixels of sparse labels (scribbles)
+                    continue
                 idx = np.flatnonzero(flat == c)
                 idx = rng.choice(idx, min(self.samples_per_class, idx.size), replace=False)
                 xs.append(feats[idx])

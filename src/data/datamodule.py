@@ -36,6 +36,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         prepare: a callable run once in ``prepare_data`` (e.g. generating synthetic volumes).
         seed: the seed of patch sampling and augmentation.
         size_multiple: patches clipped to small images are rounded down to this multiple.
+        ignore_index: label value of unlabelled voxels (sparse labels, scribbles): no loss, no
+            metric, never a patch centre. None: every voxel must be labelled.
+        label_values: stored value of each phase in the label files (``[1, 2, 3]`` for
+            napari/ilastik scribbles), or None: stored values are the phases.
+        unlabelled_value: a stored value meaning "unlabelled" (``0`` for napari/ilastik), or None.
+        replay_images, replay_labels: old dense labelled images mixed into training (fine-tuning
+            on scribbles of a new volume without forgetting), with ``replay_weight`` of the draws.
+        replay_weight: the share of training patches drawn from the replay images (0..1).
     """
 
     def __init__(
@@ -60,11 +68,18 @@ class SegmentationDataModule(pl.LightningDataModule):
         prepare: Callable[[], Any] | None = None,
         seed: int = 0,
         size_multiple: int = 16,
+        ignore_index: int | None = 255,
+        label_values: Sequence[int] | None = None,
+        unlabelled_value: int | None = None,
+        replay_images: PathSpec | None = None,
+        replay_labels: PathSpec | None = None,
+        replay_weight: float = 0.0,
     ) -> None:
         super().__init__()
         images, labels, val_images, val_labels, class_names, patch_axes, normalize, augment = map(
             to_plain, (images, labels, val_images, val_labels, class_names, patch_axes, normalize, augment)
         )
+        label_values, replay_images, replay_labels = map(to_plain, (label_values, replay_images, replay_labels))
         # stored in checkpoints, so evaluate.py normalises exactly as training did
         self.save_hyperparameters(ignore=["prepare"], logger=False)
         if spatial_dims not in (2, 3):
@@ -87,6 +102,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.prepare = prepare
         self.seed = seed
         self.size_multiple = size_multiple
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.label_values = None if label_values is None else [int(v) for v in label_values]
+        self.unlabelled_value = unlabelled_value
+        self.replay_images, self.replay_labels = replay_images, replay_labels
+        if not 0.0 <= float(replay_weight) < 1.0:
+            raise ValueError(f"data.replay_weight={replay_weight} must lie in [0, 1)")
+        if replay_weight and replay_images is None:
+            raise ValueError("data.replay_weight > 0 needs data.replay_images and data.replay_labels")
+        self.replay_weight = float(replay_weight)
         self.train_set: RandomPatchDataset | None = None
         self.val_set: TilePatchDataset | None = None
 
@@ -94,11 +118,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.prepare is not None:
             self.prepare()
 
-    def _load(self, images: PathSpec, labels: PathSpec) -> list[LabelledVolume]:
-        """Read, check and normalise every pair (all checks run before any training starts)."""
+    def _load(self, images: PathSpec, labels: PathSpec, mapped: bool = True) -> list[LabelledVolume]:
+        """Read, check and normalise every pair (all checks run before any training starts);
+        ``mapped``: the label files use ``label_values`` / ``unlabelled_value``."""
         volumes = []
         for image_path, label_path in pair_images_labels(images, labels):
-            image, label = load_pair(image_path, label_path, len(self.class_names))
+            image, label = load_pair(image_path, label_path, len(self.class_names),
+                                     self.label_values if mapped else None,
+                                     self.unlabelled_value if mapped else None, self.ignore_index)
             if image.ndim < self.spatial_dims:
                 raise ValueError(f"{image_path}: {image.ndim}D image, but data.spatial_dims={self.spatial_dims}")
             image = normalize_percentile(image, self.normalize["lower"], self.normalize["upper"])
@@ -119,10 +146,16 @@ class SegmentationDataModule(pl.LightningDataModule):
                 train_parts.append(v.crop(train_region))
                 val.append(v.crop(val_region))
             train = train_parts
+        if self.replay_images is not None and self.replay_weight > 0:
+            replay = self._load(self.replay_images, self.replay_labels, mapped=False)
+            for v in replay:
+                v.weight = self.replay_weight / len(replay)
+            train = train + replay
         transform = training_augmentation(self.spatial_dims, **self.augment) if self.augment is not None else None
         self.train_set = RandomPatchDataset(
             train, self.patch_size, self.spatial_dims, self.patch_axes, self.samples_per_epoch,
             self.class_balanced, len(self.class_names), transform, self.seed, self.size_multiple,
+            self.ignore_index,
         )
         self.val_set = TilePatchDataset(
             val, self.patch_size, self.spatial_dims, axis=0, max_tiles=self.val_max_tiles, size_multiple=self.size_multiple

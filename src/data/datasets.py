@@ -7,6 +7,7 @@ of the same volume.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 Region = tuple[slice, ...]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +29,8 @@ class LabelledVolume:
     label: np.ndarray
     region: Region = ()
     class_coords: list[np.ndarray] = field(default_factory=list, repr=False)
+    #: relative sampling weight of this volume (e.g. replay of old dense labels); None: by size
+    weight: float | None = None
 
     def __post_init__(self) -> None:
         if not self.region:
@@ -37,7 +42,7 @@ class LabelledVolume:
 
     def crop(self, region: Region) -> LabelledVolume:
         """The same arrays restricted to ``region`` (absolute coordinates)."""
-        return LabelledVolume(self.name, self.image, self.label, region)
+        return LabelledVolume(self.name, self.image, self.label, region, weight=self.weight)
 
 
 def split_region(shape: Sequence[int], axis: int, val_fraction: float) -> tuple[Region, Region]:
@@ -94,7 +99,10 @@ class RandomPatchDataset(Dataset):
         axes: for 2D patches of 3D volumes, the axes slices are taken along.
         length: samples per epoch.
         class_balanced: centre each patch on a voxel of a phase drawn uniformly among the
-            phases present, so thin phases (CBD) are seen as often as the others.
+            phases present, so thin phases (CBD) are seen as often as the others. Sparse
+            labels (voxels equal to ``ignore_index``) are always sampled this way: patches are
+            centred on labelled voxels only; a volume (region) without any labelled voxel is
+            skipped with a warning.
         transform: augmentation applied to {"image", "label"} (channel-first arrays).
         seed: base seed; the sample for index ``i`` depends only on ``(seed, i)``.
     """
@@ -111,9 +119,17 @@ class RandomPatchDataset(Dataset):
         transform=None,
         seed: int = 0,
         size_multiple: int = 16,
+        ignore_index: int | None = None,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.ignore_index = ignore_index
+        self.sparse = ignore_index is not None and any(np.any(v.label[v.region] == ignore_index) for v in volumes)
+        if self.sparse:
+            class_balanced = True  # sparse labels: centres on labelled voxels only
+        self.num_classes = num_classes
+        if class_balanced:
+            volumes = self._labelled_only(volumes, seed)
         for v in volumes:
             if v.image.ndim < spatial_dims:
                 raise ValueError(f"{v.name}: a {v.image.ndim}D image cannot give {spatial_dims}D patches")
@@ -126,13 +142,42 @@ class RandomPatchDataset(Dataset):
         self.axes = tuple(axes)
         self.length = int(length)
         self.class_balanced = class_balanced
-        self.num_classes = num_classes
         self.transform = transform
         self.seed = int(seed)
-        sizes = np.array([np.prod(v.region_shape) for v in self.volumes], dtype=np.float64)
-        self.volume_weights = sizes / sizes.sum()
-        if class_balanced:
-            self._index_classes()
+        self.volume_weights = self._weights(self.volumes)
+
+    @staticmethod
+    def _weights(volumes: Sequence[LabelledVolume]) -> np.ndarray:
+        """Volume probabilities: by region size, then scaled so volumes with a ``weight``
+        (e.g. replayed old labels) get that share of the draws in total."""
+        sizes = np.array([np.prod(v.region_shape) for v in volumes], dtype=np.float64)
+        weighted = np.array([v.weight is not None for v in volumes])
+        p = np.zeros(len(volumes))
+        if (~weighted).any():
+            p[~weighted] = sizes[~weighted] / sizes[~weighted].sum()
+        if weighted.any():
+            share = sum(float(v.weight) for v in volumes if v.weight is not None)
+            share = min(max(share, 0.0), 1.0) if (~weighted).any() else 1.0
+            w = sizes[weighted] / sizes[weighted].sum()
+            p[weighted] = w * share
+            p[~weighted] *= 1.0 - share
+        return p / p.sum()
+
+    def _labelled_only(self, volumes: Sequence[LabelledVolume], seed: int) -> list[LabelledVolume]:
+        """Index the phases' voxels of every volume; drop (with a warning) those without any
+        labelled voxel in their region, so the sampler never looks for a centre in them."""
+        self.volumes = list(volumes)
+        self.seed = int(seed)
+        self._index_classes()
+        kept = [v for v in self.volumes if any(len(c) for c in v.class_coords)]
+        for v in self.volumes:
+            if not any(v is k for k in kept):
+                log.warning("%s: no labelled voxel in its training region %s: skipped", v.name,
+                            [(s.start, s.stop) for s in v.region])
+        if not kept:
+            raise ValueError(f"no labelled voxel in any training region of {[v.name for v in self.volumes]} "
+                             "(scribbles all outside the training part? check data.val_fraction)")
+        return kept
 
     def _index_classes(self, max_per_class: int = 200_000) -> None:
         """Store a random subset of each phase's voxel coordinates inside each region."""
@@ -150,16 +195,18 @@ class RandomPatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _start(self, rng: np.random.Generator, v: LabelledVolume, axes: tuple[int, ...], size: list[int]) -> list[int]:
-        """Corner of the patch along ``axes`` (absolute coordinates), inside the region."""
+    def _start(self, rng: np.random.Generator, v: LabelledVolume, axes: tuple[int, ...],
+               size: list[int]) -> tuple[list[int], np.ndarray | None]:
+        """Corner of the patch along ``axes`` (absolute coordinates), inside the region, and the
+        labelled centre voxel it was drawn around (None when not class-balanced)."""
         lo = [v.region[a].start for a in axes]
         hi = [v.region[a].stop - s for a, s in zip(axes, size, strict=True)]
         if self.class_balanced:
             present = [c for c in v.class_coords if len(c)]
             coords = present[rng.integers(len(present))]
             centre = coords[rng.integers(len(coords))]
-            return [int(np.clip(centre[a] - s // 2, l_, h)) for a, s, l_, h in zip(axes, size, lo, hi, strict=True)]
-        return [int(rng.integers(l_, h + 1)) for l_, h in zip(lo, hi, strict=True)]
+            return [int(np.clip(centre[a] - s // 2, l_, h)) for a, s, l_, h in zip(axes, size, lo, hi, strict=True)], centre
+        return [int(rng.integers(l_, h + 1)) for l_, h in zip(lo, hi, strict=True)], None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
@@ -167,12 +214,13 @@ class RandomPatchDataset(Dataset):
         axis = int(rng.choice(self.axes)) if v.image.ndim > self.spatial_dims else -1
         axes = _plane_axes(v.image.ndim, self.spatial_dims, axis)
         size = [self.patch_size] * len(axes)
-        start = self._start(rng, v, axes, size)
+        start, centre = self._start(rng, v, axes, size)
         index_tuple: list = [None] * v.image.ndim
         for a, s0, s in zip(axes, start, size, strict=True):
             index_tuple[a] = slice(s0, s0 + s)
-        if axis >= 0:  # one slice along `axis`, inside the region
-            index_tuple[axis] = int(rng.integers(v.region[axis].start, v.region[axis].stop))
+        if axis >= 0:  # one slice along `axis`, inside the region (through the drawn centre)
+            layer = int(rng.integers(v.region[axis].start, v.region[axis].stop))
+            index_tuple[axis] = int(centre[axis]) if self.sparse and centre is not None else layer
         sample = _as_sample(v.image[tuple(index_tuple)], v.label[tuple(index_tuple)])
         if self.transform is not None:
             self.transform.set_random_state(seed=int(rng.integers(2**31)))

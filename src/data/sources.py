@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.io.labels import check_label_values
+from src.data.io.labels import check_label_values, map_label_values
 from src.data.io import list_images, natural_sort_key, read_image, validate_image
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,17 @@ class SyntheticVolumeSet:
 
 
 def load_pair(
-    image_path: Path, label_path: Path | None, num_classes: int
+    image_path: Path, label_path: Path | None, num_classes: int,
+    label_values: Sequence[int] | None = None, unlabelled_value: int | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read and check an image and its labels: finite, non-constant image; same shape; labels
-    within the phases. Returns the raw image (maybe memory-mapped) and labels as uint8."""
+    within the phases. Returns the raw image (maybe memory-mapped) and labels as uint8.
+
+    With ``ignore_index`` (sparse labels, scribbles) unlabelled voxels are allowed and come
+    back as ``ignore_index``; ``label_values`` / ``unlabelled_value`` map stored values first
+    (see :func:`~src.data.io.labels.map_label_values`, e.g. napari's 0 = unlabelled, 1..K).
+    """
     image = read_image(image_path)
     validate_image(image, image_path)
     if label_path is None:
@@ -136,5 +143,7 @@ def load_pair(
         raise ValueError(
             f"shape mismatch: image {image_path} is {image.shape} but label {label_path} is {label.shape}"
         )
-    check_label_values(label, num_classes, label_path)
-    return image, np.asarray(label, dtype=np.uint8)
+    if label_values is None and unlabelled_value is None and ignore_index is None:
+        check_label_values(label, num_classes, label_path)
+        return image, np.asarray(label, dtype=np.uint8)
+    return image, map_label_values(label, num_classes, label_path, label_values, unlabelled_value, ignore_index)

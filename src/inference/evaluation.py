@@ -34,6 +34,7 @@ from src.models.checkpoint import load_reconstruction_checkpoint, load_segmentat
 
 __all__ = [
     "Segmenter",
+    "SparseLabels",
     "WindowSettings",
     "baseline_segmenter",
     "build_predictor",
@@ -80,6 +81,7 @@ class WindowSettings:
     slice_batch: int = 16
     tta: bool = False
     slice_axes: list[int] = field(default_factory=lambda: [0])
+    mc_dropout: int = 0
 
 
 def stats_voxel_size(image_path: Path, ndim: int, voxel_size_nm: float | None) -> float:
@@ -122,8 +124,8 @@ def build_predictor(module: Any, device: str, window: WindowSettings,
         The predictor.
     """
     if tiled is not None:
-        if window.tta or list(window.slice_axes) != [0]:
-            raise ValueError("chunked=true predicts with the net alone: use it without tta=true and slice_axes")
+        if window.tta or list(window.slice_axes) != [0] or window.mc_dropout:
+            raise ValueError("chunked=true predicts with the net alone: use it without tta=true, slice_axes and mc_dropout")
         return tiled(net=module.net, spatial_dims=module.spatial_dims, size_multiple=module.size_multiple, device=device)
     inference = dict(module.hparams.get("inference") or {})
     return SlidingWindowPredictor(
@@ -132,7 +134,7 @@ def build_predictor(module: Any, device: str, window: WindowSettings,
         overlap=window.overlap if window.overlap is not None else inference.get("overlap", 0.25),
         sw_batch_size=window.sw_batch_size or inference.get("sw_batch_size", 8),
         mode=window.blend_mode, slice_batch=window.slice_batch, device=device,
-        tta=window.tta, slice_axes=list(window.slice_axes),
+        tta=window.tta, slice_axes=list(window.slice_axes), mc_samples=int(window.mc_dropout),
     )
 
 
@@ -207,12 +209,28 @@ def baseline_segmenter(name: str, make: Callable[[], Any], class_names: Sequence
     return Segmenter(predict, class_names, norm, report, method=name)
 
 
+@dataclass
+class SparseLabels:
+    """How label files are read: ``ignore_index`` marks unlabelled voxels (scored nowhere);
+    ``label_values`` / ``unlabelled_value`` map stored values (napari: 0 = unlabelled, 1..K)."""
+
+    ignore_index: int | None = 255
+    label_values: list[int] | None = None
+    unlabelled_value: int | None = None
+
+    def load(self, image_path: Path, label_path: Path | None, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """:func:`~src.data.sources.load_pair` with these settings."""
+        return load_pair(image_path, label_path, num_classes, self.label_values, self.unlabelled_value,
+                         self.ignore_index)
+
+
 def _check_inputs(pairs: list[tuple[Path, Path | None]], class_names: list[str], stats: bool,
-                  voxel_size_nm: float | None) -> dict[str, float]:
+                  voxel_size_nm: float | None, sparse: SparseLabels | None = None) -> dict[str, float]:
     """Read and check every pair before anything is written; the voxel sizes for ``stats``."""
     voxel_sizes = {}
+    sparse = sparse or SparseLabels()
     for image_path, label_path in pairs:
-        image, _ = load_pair(image_path, label_path, len(class_names))
+        image, _ = sparse.load(image_path, label_path, len(class_names))
         if stats:
             voxel_sizes[pair_key(Path(image_path))] = stats_voxel_size(Path(image_path), image.ndim, voxel_size_nm)
     return voxel_sizes
@@ -222,6 +240,7 @@ def evaluate_segmentation(
     images: PathSpec | None, labels: PathSpec | None, output_dir: Path, load: Callable[[], Segmenter],
     class_names: Sequence[str] | None = None, save_probabilities: bool = False, panels: bool = True,
     stats: bool = False, voxel_size_nm: float | None = None, stats_options: dict[str, Any] | None = None,
+    sparse: SparseLabels | None = None, save_uncertainty: bool = False, suggest_region: int = 64,
 ) -> dict:
     """Segment every image, write the segmentations and, with labels, the metrics.
 
@@ -238,6 +257,15 @@ def evaluate_segmentation(
         stats: also compute and write the 3D statistics of every predicted volume.
         voxel_size_nm: voxel size (nm) for ``stats`` (else from a ``<name>.json`` sidecar).
         stats_options: keyword arguments of :func:`~src.analysis.morphology.compute_statistics`.
+        sparse: how label files are read (unlabelled voxels, value map); sparse labels are
+            scored on their labelled voxels only.
+        save_uncertainty: also write ``<name>_uncertainty.tif`` (predictive entropy of the
+            ensemble's mean probabilities: TTA, orthogonal planes or MC dropout, nats),
+            "label here next" (``<name>_suggestions.csv``/``.png``: slices and
+            ``suggest_region``² regions ranked by mean entropy, ``suggestions.csv`` over all
+            images) and, with labels, calibration (``calibration.json``, ``reliability.png``,
+            the ECE in ``metrics.json``).
+        suggest_region: side (pixels) of the ranked regions.
 
     Returns:
         The report written to ``metrics.json`` (empty without labels).
@@ -246,12 +274,15 @@ def evaluate_segmentation(
         raise ValueError("images=... is required for segmentation (files, folder or glob)")
     pairs = pair_images_labels(images, labels)
     check_output_dir(output_dir)  # before the model or any image is read
+    sparse = sparse or SparseLabels()
     if class_names is None:  # the checkpoint first (cheap), then the images
         segmenter = load()
-        voxel_sizes = _check_inputs(pairs, segmenter.class_names, stats, voxel_size_nm)
+        voxel_sizes = _check_inputs(pairs, segmenter.class_names, stats, voxel_size_nm, sparse)
     else:  # the images first, before a forest is fitted
-        voxel_sizes = _check_inputs(pairs, list(class_names), stats, voxel_size_nm)
+        voxel_sizes = _check_inputs(pairs, list(class_names), stats, voxel_size_nm, sparse)
         segmenter = load()
+    if save_uncertainty and segmenter.method != "model":
+        raise ValueError(f"save_uncertainty=true needs method=model (probabilities); method={segmenter.method} gives labels only")
     class_names, norm, source = segmenter.class_names, segmenter.normalize, segmenter.source
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -259,18 +290,30 @@ def evaluate_segmentation(
     per_image: dict[str, dict] = {}
     statistics: dict[str, dict] = {}
     total_cm = np.zeros((len(class_names),) * 2, np.int64)
+    calibrations: list[dict] = []
+    suggestions: list[dict] = []
+    labelled: dict[str, float] = {}
     for image_path, label_path in pairs:
         name = pair_key(Path(image_path))
-        image, label = load_pair(image_path, label_path, len(class_names))
+        image, label = sparse.load(image_path, label_path, len(class_names))
         log.info("segmenting %s %s with %s", image_path, image.shape, source["model"])
         probs_parts: list[np.ndarray] = []
-        on_probs = (lambda _z, p, parts=probs_parts: parts.append(p)) if save_probabilities else None
-        seg = segmenter.predict(normalize_percentile(image, norm["lower"], norm["upper"]), on_probs)
+        keep = save_probabilities or save_uncertainty
+        on_probs = (lambda _z, p, parts=probs_parts: parts.append(p)) if keep else None
+        normalized = normalize_percentile(image, norm["lower"], norm["upper"])
+        seg = segmenter.predict(normalized, on_probs)
         write_tiff(output_dir / f"{name}_seg.tif", seg)
         if probs_parts:
             axis = segmenter.probs_axis if image.ndim == 3 and len(probs_parts) > 1 else 0
             probs = probs_parts[0] if len(probs_parts) == 1 else np.concatenate(probs_parts, axis=axis)
-            write_tiff(output_dir / f"{name}_probs.tif", probs.astype(np.float32))
+            if save_probabilities:
+                write_tiff(output_dir / f"{name}_probs.tif", probs.astype(np.float32))
+            if save_uncertainty:
+                calib, ranked = _write_uncertainty(output_dir, name, normalized, probs, label, sparse.ignore_index,
+                                                   suggest_region)
+                calibrations += [calib] if calib else []
+                suggestions += [{"image": name, **r} for r in ranked]
+            del probs
         if panels:
             mid = (lambda a: a[a.shape[0] // 2]) if image.ndim == 3 else (lambda a: a)
             save_panel_png(
@@ -281,9 +324,12 @@ def evaluate_segmentation(
             log.info("3D statistics of %s", name)
             statistics[name] = compute_statistics(seg, class_names, voxel_sizes[name], **stats_options)
         if label is not None:
-            cm = confusion_matrix(seg, label, len(class_names))
+            cm = confusion_matrix(seg, label, len(class_names), ignore_index=sparse.ignore_index)
             total_cm += cm
             per_image[name] = scores_from_confusion(cm, class_names)
+            labelled[name] = float(cm.sum()) / label.size
+    if suggestions:
+        _write_all_suggestions(output_dir, suggestions)
     if statistics:
         voxel = sorted(set(voxel_sizes.values()))
         write_statistics(output_dir, statistics, class_names, voxel[0] if len(voxel) == 1 else float("nan"), stats_options)
@@ -291,14 +337,70 @@ def evaluate_segmentation(
         log.info("no labels given: wrote segmentations to %s", output_dir)
         return {}
     overall = scores_from_confusion(total_cm, class_names)
+    if calibrations:
+        overall["ece"] = _write_calibration(output_dir, calibrations)
     report = {**source, "method": segmenter.method, "class_names": class_names, "overall": overall,
-              "per_image": per_image,
+              "per_image": per_image, "labelled_fraction": labelled,
+              "sparse_labels": any(f < 1.0 for f in labelled.values()),
               "pairs": {pair_key(Path(i)): {"image": str(i), "label": str(lab)} for i, lab in pairs
                         if lab is not None}}
     write_json(output_dir / "metrics.json", report)
     print(format_table(per_image, overall, class_names))
     log.info("metrics written to %s", output_dir / "metrics.json")
     return report
+
+
+def _write_uncertainty(output_dir: Path, name: str, image: np.ndarray, probs: np.ndarray, label: np.ndarray | None,
+                       ignore_index: int | None, region: int) -> tuple[dict | None, list[dict]]:
+    """Entropy map, "label here next" CSV and PNG of one image; its calibration when labelled."""
+    from src.analysis.uncertainty import (
+        calibration,
+        predictive_entropy,
+        rank_regions,
+        save_suggestions_png,
+        write_suggestions_csv,
+    )
+
+    entropy = predictive_entropy(probs)
+    write_tiff(output_dir / f"{name}_uncertainty.tif", entropy)
+    slices, regions = rank_regions(entropy, region)
+    write_suggestions_csv(regions, output_dir / f"{name}_suggestions.csv")
+    save_suggestions_png(image, entropy, regions, output_dir / f"{name}_suggestions.png", title=name)
+    log.info("%s: mean predictive entropy %.3f nats; most uncertain slice %d, region %s", name,
+             float(entropy.mean()), slices[0]["slice"], {k: regions[0][k] for k in ("y0", "x0")})
+    calib = calibration(probs, label, ignore_index) if label is not None else None
+    return (calib if calib and calib["n_voxels"] else None), regions
+
+
+def _write_all_suggestions(output_dir: Path, rows: list[dict]) -> None:
+    """``suggestions.csv``: the regions of every image, ranked together by mean entropy."""
+    rows = sorted(rows, key=lambda r: -r["mean_uncertainty"])
+    cols = ["rank", "image", "slice", "y0", "y1", "x0", "x1", "mean_uncertainty"]
+    lines = [",".join(cols)] + [",".join([str(i + 1), r["image"], *(str(r[c]) for c in cols[2:-1]),
+                                          f"{r['mean_uncertainty']:.6g}"]) for i, r in enumerate(rows)]
+    write_text(output_dir / "suggestions.csv", "\n".join(lines) + "\n")
+
+
+def _write_calibration(output_dir: Path, calibrations: list[dict]) -> float:
+    """Pool the images' calibration bins; write ``calibration.json`` and ``reliability.png``;
+    return the pooled expected calibration error."""
+    from src.analysis.uncertainty import save_reliability_diagram
+
+    n_bins = len(calibrations[0]["bins"])
+    pooled = []
+    for b in range(n_bins):
+        parts = [c["bins"][b] for c in calibrations if c["bins"][b]["count"]]
+        count = sum(p["count"] for p in parts)
+        pooled.append({"lo": calibrations[0]["bins"][b]["lo"], "hi": calibrations[0]["bins"][b]["hi"], "count": count,
+                       "confidence": sum(p["confidence"] * p["count"] for p in parts) / count if count else float("nan"),
+                       "accuracy": sum(p["accuracy"] * p["count"] for p in parts) / count if count else float("nan")})
+    n = sum(p["count"] for p in pooled)
+    ece = sum(p["count"] / n * abs(p["accuracy"] - p["confidence"]) for p in pooled if p["count"]) if n else float("nan")
+    report = {"ece": ece, "n_voxels": n, "bins": pooled}
+    write_json(output_dir / "calibration.json", report)
+    save_reliability_diagram(report, output_dir / "reliability.png", title="labelled voxels:")
+    log.info("calibration on %d labelled voxels: ECE %.4f (reliability.png)", n, ece)
+    return float(ece)
 
 
 def evaluate_reconstruction(ckpt_paths: Sequence[str | Path], output_dir: Path, sirt_iter: int = 100,

@@ -49,6 +49,8 @@ class SlidingWindowPredictor:
             of each slice (2D nets) or the 8 axis flips of each volume (3D nets).
         slice_axes: 2D nets on volumes: the axes slices are taken along; several axes
             (e.g. ``(0, 1, 2)``, the orthogonal-plane ensemble) average their probabilities.
+        mc_samples: Monte-Carlo dropout: average this many forward passes with the net's
+            dropout layers active (0: off; the net must have dropout).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class SlidingWindowPredictor:
         device: str | torch.device = "cpu",
         tta: bool = False,
         slice_axes: Sequence[int] = (0,),
+        mc_samples: int = 0,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -82,6 +85,14 @@ class SlidingWindowPredictor:
         self.slice_batch = slice_batch
         self.tta = tta
         self.slice_axes = tuple(dict.fromkeys(int(a) for a in slice_axes))
+        self.mc_samples = int(mc_samples)
+        if self.mc_samples:
+            dropout = [m for m in self.net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+            if not dropout:
+                raise ValueError(f"mc_dropout={mc_samples} needs a net with dropout layers; "
+                                 f"{type(net).__name__} has none (use tta=true or slice_axes for an ensemble)")
+            for m in dropout:  # active at inference: each pass samples another sub-network
+                m.train()
 
     def _transforms(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
         """(forward, inverse) pairs on (B, C, *spatial) tensors: identity, or the TTA group."""
@@ -114,7 +125,7 @@ class SlidingWindowPredictor:
         """(B, 1, *spatial) float → (B, C, *spatial) probabilities on the CPU."""
         spatial = x.shape[2:]
         x, _ = _pad_to_multiple(x.to(self.device), self.size_multiple, self.spatial_dims)
-        transforms = self._transforms()
+        transforms = self._transforms() * max(1, self.mc_samples)
         probs = None
         for fwd, inv in transforms:
             xt = fwd(x)

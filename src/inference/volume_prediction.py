@@ -59,6 +59,7 @@ class PredictionResult:
     labels: Any = None
     probabilities: Any = None
     manifest: dict = field(default_factory=dict)
+    uncertainty: Any = None
 
     @property
     def voxels_per_s(self) -> float:
@@ -172,6 +173,35 @@ def _open_shared_output(output: Path, manifest: dict, n_classes: int, overwrite:
     return open_output(output)
 
 
+def uncertainty_path(output: str | os.PathLike) -> Path:
+    """Where the uncertainty of ``output`` goes: ``<stem>_uncertainty`` with its suffix."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_uncertainty{output.suffix}")
+
+
+def _uncertainty_output(output: Path, manifest: dict, overwrite: bool, rank: int = 0) -> VolumeOutput:
+    """Create (fresh run, rank 0) or reopen (resume: the main output's manifest exists; other
+    ranks: once rank 0 made it) the uint8 uncertainty volume beside ``output``."""
+    path = uncertainty_path(output)
+    resuming = (progress_dir(output) / "manifest.json").exists()
+    if rank != 0 and not resuming:
+        start = time.monotonic()
+        while not output_exists(path):
+            if time.monotonic() - start > CREATE_TIMEOUT_S:
+                raise RuntimeError(f"uncertainty output {path}: rank 0 did not create it; see its log")
+            time.sleep(0.2)
+        time.sleep(0.5)
+        return open_output(path)
+    if resuming and output_exists(path):
+        return open_output(path)
+    if output_exists(path) and not overwrite and not resuming:
+        raise FileExistsError(f"uncertainty output {path} exists; pass overwrite=true to replace it")
+    remove_partial_output(path)
+    return create_output(path, tuple(manifest["shape"]), tuple(manifest["chunk"]), 0,
+                         {"uncertainty": "predictive entropy, uint8 = round(255 * H / log C)",
+                          "class_names": manifest["class_names"], "source": manifest["input"]})
+
+
 def predict_volume(
     predictor: TiledPredictor,
     source: VolumeSource | np.ndarray | str | os.PathLike,
@@ -186,13 +216,18 @@ def predict_volume(
     progress: bool = True,
     settings: dict | None = None,
     max_chunks: int | None = None,
+    save_uncertainty: bool = False,
 ) -> PredictionResult:
     """Predict ``source`` into ``output`` (``.zarr`` or ``.tif``; ``None`` = in memory).
 
     ``value_range`` (lo, hi) maps grey values to (x - lo) / (hi - lo). With an output path a
     run resumes an unfinished one with the same settings (``settings`` are extra entries that
     must match, e.g. the checkpoint), skipping chunks already done; ``max_chunks`` stops this
-    rank after that many chunks (for tests and time-limited jobs). Returns what was done.
+    rank after that many chunks (for tests and time-limited jobs). With ``save_uncertainty``
+    the predictive entropy of every chunk's probabilities is written beside the labels, chunk by
+    chunk like them, to :func:`uncertainty_path` (``<stem>_uncertainty.zarr|.tif``) as uint8:
+    ``round(255 · H / log C)`` (0 = certain, 255 = uniform over the C classes); in memory it is
+    ``result.uncertainty`` (float32, nats). Returns what was done.
     """
     src = source if isinstance(source, VolumeSource) else open_volume(source)
     if src.ndim < predictor.spatial_dims:
@@ -209,9 +244,12 @@ def predict_volume(
     manifest = {
         "input": src.name, "shape": list(out_shape), "dtype": str(src.dtype), "chunk": list(chunk_out),
         "halo": list(grid.halo), "value_range": [lo, hi], "save_probabilities": bool(save_probabilities),
+        **({"save_uncertainty": True} if save_uncertainty else {}),
         "class_names": list(class_names or []), **(settings or {}),
     }
     progress_path = None
+    unc_out: VolumeOutput | None = None
+    unc_memory: np.ndarray | None = np.zeros(src.shape, np.float32) if save_uncertainty and output is None else None
     if output is None:
         out: VolumeOutput | None = None
         done: set[int] = set()
@@ -220,6 +258,9 @@ def predict_volume(
         output_kind(output)
         if save_probabilities and not n_classes:
             raise ValueError("save_probabilities needs the number of classes (class_names or net.num_classes)")
+        if save_uncertainty and not n_classes:
+            raise ValueError("save_uncertainty needs the number of classes (class_names or net.num_classes)")
+        unc_out = _uncertainty_output(output, manifest, overwrite, rank) if save_uncertainty else None
         out = _open_shared_output(output, manifest, n_classes if save_probabilities else 0, overwrite)
         progress_path = progress_dir(output)
         done = _done(progress_path)
@@ -235,6 +276,15 @@ def predict_volume(
         region = grid.core(index) if src.ndim == 3 else grid.core(index)[1:]
         if src.ndim == 2:
             labels, probs = labels[0], None if probs is None else probs[:, 0]
+        if save_uncertainty:
+            from src.analysis.uncertainty import predictive_entropy
+
+            entropy = predictive_entropy(probs)
+            if unc_memory is not None:
+                unc_memory[region] = entropy
+            if unc_out is not None:
+                unc_out.write(region, np.round(255 * np.clip(entropy / np.log(probs.shape[0]), 0, 1)).astype(np.uint8), None)
+            probs = probs if save_probabilities else None
         nonlocal out
         if out is None:
             out = MemoryOutput(src.shape, probs.shape[0] if probs is not None else 0, probs is not None)
@@ -242,7 +292,8 @@ def predict_volume(
         if progress_path is not None:
             _marker(progress_path, index).touch()
 
-    plan = predictor.plan(grid, src.dtype.itemsize, save_probabilities) if todo else None
+    want_probs = save_probabilities or save_uncertainty
+    plan = predictor.plan(grid, src.dtype.itemsize, want_probs) if todo else None
     if plan is not None:
         log.info("tiling: %s", plan.describe())
     start = time.perf_counter()
@@ -266,7 +317,7 @@ def predict_volume(
             index, future = reads.popleft()
             tile = future.result()
             refill()
-            labels, probs = predictor.predict_tile(tile, grid, index, save_probabilities, plan)
+            labels, probs = predictor.predict_tile(tile, grid, index, want_probs, plan)
             del tile
             writes.append(writer.submit(write, index, labels, probs))
             while len(writes) > 1 or (writes and writes[0].done()):  # one chunk written while the next computes
@@ -281,6 +332,8 @@ def predict_volume(
     if progress_path is not None and out is not None:
         finished = len(_done(progress_path)) == len(grid)
         if finished and _try_lock(progress_path / "finalize.lock"):
+            if unc_out is not None:
+                unc_out.finalize()
             out.finalize()
             shutil.rmtree(progress_path)
             log.info("prediction complete: %s", output)
@@ -289,6 +342,7 @@ def predict_volume(
     result = PredictionResult(len(grid), todo, skipped, seconds, voxels, finished, manifest=manifest)
     if output is None and out is not None:
         result.labels, result.probabilities = out.labels, out.probabilities
+        result.uncertainty = unc_memory
     return result
 
 
@@ -301,6 +355,7 @@ def predict_file(
     device: str = "auto",
     normalize: Mapping[str, float] | None = None,
     save_probabilities: bool = False,
+    save_uncertainty: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
     overwrite: bool = False,
@@ -321,6 +376,7 @@ def predict_file(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ... (``auto``: this rank's GPU if any).
         normalize: ``{lower, upper}`` percentiles; None = the checkpoint's.
         save_probabilities: also the float32 class probabilities (C, z, y, x).
+        save_uncertainty: also the predictive entropy of the ensemble (see :func:`predict_volume`).
         rank: this rank (None: torch.distributed, RANK/WORLD_SIZE, else 0).
         world_size: the number of ranks (None: as ``rank``).
         overwrite: replace a finished output.
@@ -353,7 +409,7 @@ def predict_file(
         info = Path(input_path).stat()  # a resumed run refuses an input that changed (and its grey range)
         result = predict_volume(
             predictor, source, output, value_range=value_range, save_probabilities=save_probabilities,
-            class_names=list(module.class_names), rank=rank, world_size=world_size, overwrite=overwrite,
+            save_uncertainty=save_uncertainty, class_names=list(module.class_names), rank=rank, world_size=world_size, overwrite=overwrite,
             progress=progress, settings={"checkpoint": str(ckpt), "checkpoint_bytes": ckpt.stat().st_size,
                                          "input_bytes": info.st_size, "input_mtime_ns": info.st_mtime_ns},
         )

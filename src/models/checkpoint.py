@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from src.models.base import TaskModule, current_target
 from src.models.reconstruction import ReconstructionModule
 from src.models.segmentation import SegmentationModule
 from src.models.spectral import XanesModule
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -175,13 +178,17 @@ def load_xanes_checkpoint(
     return load_checkpoint(path, "xanes", None, map_location)  # type: ignore[return-value]
 
 
-def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: str = "net.") -> int:
+def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: str = "net.",
+                            reinit_head: bool = False) -> int:
     """Start ``module`` from the network weights of checkpoint ``path`` (fine-tuning).
 
     Only the parameters and buffers under ``prefix`` are copied; optimizer, epoch and learning
     rate schedule start fresh (use ``ckpt_path=`` to *resume* a run instead). Returns the number
     of tensors copied. Raises :class:`CheckpointError` when the checkpoint's network is another
-    architecture (weights missing or of another shape), naming a few of them.
+    architecture (weights missing or of another shape), naming a few of them, and when the
+    module's ``class_names`` (e.g. the phases of scribbles) are not the checkpoint's, unless
+    ``reinit_head``: then the output layer (the last weight and bias with one output per class,
+    and any tensor of another shape) keeps its fresh initialisation.
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -189,6 +196,22 @@ def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: s
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} has no state_dict to take weights from")
     own = {k: v for k, v in module.state_dict().items() if k.startswith(prefix)}
+    hp = ckpt.get("hyper_parameters", {})
+    stored_classes = list(hp.get("class_names") or []) if isinstance(hp, dict) else []
+    classes = list(getattr(module, "class_names", None) or [])
+    if stored_classes and classes and stored_classes != classes:
+        if not reinit_head:
+            unseen = [c for c in classes if c not in stored_classes]
+            raise CheckpointError(
+                f"the labels name classes {classes}, but checkpoint {path} was trained for {stored_classes}"
+                + (f": {unseen} never seen by it" if unseen else " (another order)")
+                + "; relabel to its classes, or pass reinit_head=true to re-initialise its output layer")
+        heads = [k for k, v in own.items() if v.ndim >= 1 and v.shape[0] == len(classes)
+                 and (k not in state or state[k].shape != v.shape or k.endswith(("weight", "bias")))]
+        skip = set(heads[-2:]) | {k for k, v in own.items() if k in state and state[k].shape != v.shape}
+        log.info("reinit_head: %s keep their fresh initialisation (classes %s -> %s)", sorted(skip),
+                 stored_classes, classes)
+        own = {k: v for k, v in own.items() if k not in skip}
     missing = [k for k in own if k not in state]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                   if k in state and state[k].shape != v.shape]
@@ -203,3 +226,27 @@ def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: s
         )
     module.load_state_dict({k: state[k] for k in own}, strict=False)
     return len(own)
+
+
+def checkpoint_net_config(path: str | Path, num_classes: int | None = None) -> dict[str, Any]:
+    """The network config (``_target_`` and arguments) a checkpoint was trained with, so a
+    fine-tuning run rebuilds exactly that net (``net_from_init=true``).
+
+    Args:
+        path: the checkpoint.
+        num_classes: set the net's ``num_classes``/``out_channels`` to this (another head), or None.
+
+    Returns:
+        The net config (a plain dict, ``_target_`` updated for moved classes).
+    """
+    ckpt = read_checkpoint(Path(path))
+    hp = ckpt.get("hyper_parameters", {})
+    net = hp.get("net") if isinstance(hp, dict) else None
+    if not isinstance(net, dict) or "_target_" not in net:
+        raise CheckpointError(f"checkpoint {path} stores no network config (hyper_parameters.net) to rebuild")
+    net = {**net, "_target_": current_target(net["_target_"])}
+    if num_classes is not None:
+        for key in ("num_classes", "out_channels"):
+            if key in net:
+                net[key] = int(num_classes)
+    return net

@@ -16,6 +16,78 @@ from src.config import to_plain
 from src.models.base import TaskModule, build_net
 
 
+class IgnoreIndexLoss(nn.Module):
+    """A MONAI segmentation loss (``DiceCELoss``, ``DiceLoss``, ``DiceFocalLoss``) that skips
+    unlabelled voxels (target ``ignore_index``): sparse labels, scribbles.
+
+    Dense batches (no unlabelled voxel) go to the wrapped loss unchanged. Otherwise the Dice
+    term is MONAI's :class:`~monai.losses.MaskedDiceLoss` with the wrapped loss's settings
+    (probabilities and one-hot targets zeroed outside the labelled voxels), cross-entropy is
+    ``torch.nn.functional.cross_entropy(..., ignore_index=...)`` and the focal term is averaged
+    over labelled voxels. A batch without any labelled voxel gives a zero loss (with gradient).
+
+    Args:
+        loss: the MONAI loss, built with ``to_onehot_y=True, softmax=True``.
+        ignore_index: label value of unlabelled voxels, or None: dense (the loss unchanged).
+    """
+
+    def __init__(self, loss: nn.Module, ignore_index: int | None = 255) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss, FocalLoss, MaskedDiceLoss
+
+        self.loss = loss
+        self.ignore_index = ignore_index
+        dice = loss if isinstance(loss, DiceLoss) else getattr(loss, "dice", None)
+        if isinstance(loss, DiceCELoss) and float(loss.lambda_dice) == 0.0:
+            dice = None
+        if dice is not None and not isinstance(dice, DiceLoss):
+            dice = None
+        if not isinstance(loss, DiceCELoss | DiceFocalLoss | DiceLoss):
+            self.supported = False
+            return
+        self.supported = True
+        self.masked_dice = None if dice is None else MaskedDiceLoss(
+            include_background=dice.include_background, to_onehot_y=False, softmax=True,
+            squared_pred=dice.squared_pred, jaccard=dice.jaccard, smooth_nr=dice.smooth_nr,
+            smooth_dr=dice.smooth_dr, batch=dice.batch, reduction=dice.reduction)
+        self.lambda_dice = float(getattr(loss, "lambda_dice", 1.0))
+        self.lambda_ce = float(getattr(loss, "lambda_ce", 0.0)) if isinstance(loss, DiceCELoss) else 0.0
+        self.ce_weight = getattr(getattr(loss, "cross_entropy", None), "weight", None)
+        focal = getattr(loss, "focal", None) if isinstance(loss, DiceFocalLoss) else None
+        self.focal = None if focal is None else FocalLoss(
+            include_background=focal.include_background, gamma=focal.gamma, alpha=focal.alpha,
+            weight=focal.weight, use_softmax=focal.use_softmax, reduction="none")
+        self.lambda_focal = float(getattr(loss, "lambda_focal", 0.0))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of ``logits`` (B, C, ...) against ``target`` (B, 1, ...) integer labels."""
+        if self.ignore_index is None:
+            return self.loss(logits, target)
+        mask = target != self.ignore_index
+        if bool(mask.all()):
+            return self.loss(logits, target)
+        if not self.supported:
+            raise ValueError(f"sparse labels (ignore_index={self.ignore_index}) need a Dice / Dice+CE / "
+                             f"Dice+focal MONAI loss, got {type(self.loss).__name__}")
+        if not bool(mask.any()):
+            return logits.sum() * 0.0
+        clean = torch.where(mask, target, torch.zeros_like(target)).long()
+        # one-hot before masking: MONAI's masking of (B, 1) targets would turn them into class 0
+        onehot = torch.zeros_like(logits).scatter_(1, clean, 1.0)
+        maskf = mask.to(logits.dtype)
+        total = logits.new_zeros(())
+        if self.masked_dice is not None and self.lambda_dice:
+            total = total + self.lambda_dice * self.masked_dice(logits, onehot, maskf)
+        if self.lambda_ce:
+            weight = None if self.ce_weight is None else self.ce_weight.to(logits)
+            total = total + self.lambda_ce * torch.nn.functional.cross_entropy(
+                logits, target[:, 0].long(), weight=weight, ignore_index=self.ignore_index)
+        if self.focal is not None and self.lambda_focal:
+            focal = self.focal(logits, onehot) * maskf
+            total = total + self.lambda_focal * focal.sum() / (maskf.sum() * focal.shape[1])
+        return total
+
+
 class SegmentationModule(TaskModule):
     """Trains ``net`` with a Dice+CE loss and logs per-phase validation scores.
 
@@ -29,6 +101,8 @@ class SegmentationModule(TaskModule):
         scheduler: partial LR scheduler config called with the optimizer, stepped per epoch.
         inference: sliding-window settings used by ``evaluate.py`` (roi_size, overlap, ...).
         name: model name (run names, checks in ``evaluate.py``).
+        ignore_index: label value of unlabelled voxels (sparse labels): no loss, no metric;
+            None: dense labels.
     """
 
     kind = "segmentation"
@@ -42,6 +116,7 @@ class SegmentationModule(TaskModule):
         scheduler: Mapping | None = None,
         inference: Mapping | None = None,
         name: str = "model",
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
         net, loss, optimizer, scheduler, inference = map(to_plain, (net, loss, optimizer, scheduler, inference))
@@ -51,8 +126,9 @@ class SegmentationModule(TaskModule):
         self.class_names = class_names
         if loss is None:
             loss = {"_target_": "monai.losses.DiceCELoss", "to_onehot_y": True, "softmax": True}
-        self.loss_fn = instantiate(loss)
-        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(class_names))
+        self.loss_fn = IgnoreIndexLoss(instantiate(loss), ignore_index)
+        self.ignore_index = ignore_index
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(class_names), ignore_index=ignore_index)
         # the tile-weighted mean validation loss, summed over processes by torchmetrics (exact
         # with uneven shares; Lightning's own mean reduction rounds the summed batch sizes)
         self.val_loss = MeanMetric()

@@ -47,6 +47,7 @@ ALLOWED = [
     ("wandb", "agent"),
     ("git", "clone"),
     ("cd",),
+    ("napari",),
 ]
 # Hydra's own flags: dropped before composing (those with a value drop it too)
 HYDRA_FLAGS_DROPPED = {"-m", "--multirun", "--resolve", "--help", "-h", "--hydra-help"}

@@ -27,6 +27,7 @@ ROOMS = [
     "src.inference",        # sliding window, tiled/out-of-core, volume prediction
     "src.training",         # callbacks, tracking, sweeps, run comparison
     "src.cli",              # the commands' shared plumbing
+    "src.gui",              # the napari plugin (optional extra [gui])
 ]
 
 

@@ -1,0 +1,1 @@
+"""Graphical tools (optional extra ``[gui]``): the napari plugin for scribbles and adaptation."""
