@@ -145,11 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(recipe, args.overrides)
         shape = f"{cfg.data.batch_size}×{cfg.data.patch_size}²"
         for device in devices:
-            base = None
-            for name in args.settings:
-                bf16, cl = SETTINGS[name]
-                r = step_rate(cfg, device, bf16, cl, args.steps, args.warmup)
-                base = base or (r["samples_s"] if name == "fp32" else None)
+            rows = {name: step_rate(cfg, device, *SETTINGS[name], args.steps, args.warmup)
+                    for name in args.settings}
+            base = rows["fp32"]["samples_s"] if "fp32" in rows else None
+            for name, r in rows.items():
                 ratio = f"{r['samples_s'] / base:.2f}" if base else "-"
                 print(f"{recipe:24s} {device:6s} {name:20s} {shape:>9s} {r['samples_s']:10.1f} "
                       f"{r['gflop_s']:8.1f} {ratio:>7s}", flush=True)

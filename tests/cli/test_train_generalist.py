@@ -31,3 +31,15 @@ def test_tiny_generalist_fit(tmp_path):
         assert params[0]["imaging"][key] != params[1]["imaging"][key], key
     assert 100 <= params[0]["imaging"]["photons"] <= 1e5
     assert params[0]["microstructure"]["voxel_size_nm"] != params[1]["microstructure"]["voxel_size_nm"]
+
+
+def test_generalist_init_from_absent_is_a_clear_error(tmp_path):
+    import pytest
+
+    from src.models.checkpoint import CheckpointNotFoundError
+
+    cfg = compose("train", ["experiment=segmentpy_generalist", "logger=none", f"paths.log_dir={tmp_path}",
+                            f"paths.output_dir={tmp_path}/run"])
+    assert cfg.init_from == f"{tmp_path}/pretrain/synthetic_generalist/checkpoints/best.ckpt"
+    with pytest.raises(CheckpointNotFoundError, match="run the pretraining first"):
+        train.train(cfg)

@@ -55,3 +55,14 @@ def test_class_names_differing_between_sources_are_refused(two_sources):
         _dm(two_sources, class_names=("pore", "CBD", "NMC"))
     with pytest.raises(ValueError, match="weight must be >= 0"):
         _dm(two_sources, real_weight=-1)
+
+
+def test_data_mixed_config_builds_the_mixed_datamodule():
+    from hydra.utils import instantiate
+
+    from tests.helpers import compose
+
+    cfg = compose("train", ["data=mixed", "logger=none"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, MixedSegmentationDataModule)
+    assert dm.sources[0]["class_names"] == dm.class_names and dm.sources[0]["weight"] == 0.5
