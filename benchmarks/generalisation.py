@@ -230,7 +230,7 @@ def write_panels(items: list[dict], panels: dict, domains: list[str], path: Path
                 ax.set_ylabel(f"{d}\n{it['name']}", fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=60)
     plt.close(fig)
     tmp.replace(path)
 
