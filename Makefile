@@ -29,7 +29,7 @@ data: install
 
 ## train LRCS-Net with the default CPU recipe, then evaluate the best checkpoint on the held-out volume
 train: data
-	$(PY) train.py model=lrcsnet hydra.run.dir=$(RUN_DIR) $(TRAIN_ARGS)
+	$(PY) train.py experiment=synthetic_lrcsnet hydra.run.dir=$(RUN_DIR) $(TRAIN_ARGS)
 	$(MAKE) evaluate
 
 evaluate: install

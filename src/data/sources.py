@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from src.data.io.labels import check_label_values, map_label_values
 from src.data.io import list_images, natural_sort_key, read_image, validate_image
@@ -92,6 +93,9 @@ class SyntheticVolumeSet:
     every seed of ``train_seeds`` (split ``train``) and ``test_seeds`` (split ``test``).
     ``microstructure`` and ``imaging`` override fields of
     :class:`~src.simulation.microstructure.MicrostructureConfig` and :class:`~src.simulation.imaging.ImagingConfig`.
+    ``randomization`` (ranges, see :class:`~src.simulation.randomization.DomainRandomization`)
+    makes every seed draw its own microstructure and imaging on top of those (deterministic from
+    the seed, so the cache by seed stays valid); the ranges are checked when the set is made.
     """
 
     out_dir: str | Path
@@ -100,7 +104,16 @@ class SyntheticVolumeSet:
     shape: Sequence[int] = (128, 128, 128)
     microstructure: dict = field(default_factory=dict)
     imaging: dict = field(default_factory=dict)
+    randomization: dict | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self._randomizer = None
+        if self.randomization:
+            from src.config import to_plain
+            from src.simulation.randomization import DomainRandomization
+
+            self._randomizer = DomainRandomization(**to_plain(self.randomization))
 
     def __call__(self) -> list[dict]:
         """Generate whatever is missing; return the paths of every volume (dicts from
@@ -109,16 +122,17 @@ class SyntheticVolumeSet:
         from src.simulation.microstructure import MicrostructureConfig
         from src.simulation.electrode_volumes import make_synthetic_volume
 
-        micro = MicrostructureConfig(shape=tuple(int(s) for s in self.shape), **dict(self.microstructure))
+        shape = tuple(int(s) for s in self.shape)
+        micro = MicrostructureConfig(shape=shape, **dict(self.microstructure))
         imaging = ImagingConfig(**dict(self.imaging))
         out = []
-        for split, seeds in (("train", self.train_seeds), ("test", self.test_seeds)):
-            for seed in seeds:
-                out.append(
-                    make_synthetic_volume(
-                        self.out_dir, int(seed), micro, imaging, name=f"{split}_s{seed}", progress=self.progress
-                    )
-                )
+        jobs = [(split, seed) for split, seeds in (("train", self.train_seeds), ("test", self.test_seeds))
+                for seed in seeds]
+        for split, seed in tqdm(jobs, desc="synthetic volumes", disable=not self.progress or len(jobs) < 4):
+            if self._randomizer is not None:
+                micro, imaging = self._randomizer.configs(int(seed), shape, self.imaging, self.microstructure)
+            out.append(make_synthetic_volume(self.out_dir, int(seed), micro, imaging, name=f"{split}_s{seed}",
+                                             progress=self.progress and len(jobs) < 4))
         return out
 
 

@@ -72,8 +72,16 @@ def training_augmentation(
     intensity_scale: float = 0.1,
     intensity_shift: float = 0.1,
     noise_std: float = 0.02,
+    gamma: tuple[float, float] | None = None,
+    blur_sigma: tuple[float, float] | None = None,
+    bias_field: float = 0.0,
+    invert_prob: float = 0.0,
 ) -> mt.Compose:
-    """Random flips, 90° rotations, intensity scale/shift and Gaussian noise.
+    """Random flips, 90° rotations, intensity scale/shift and Gaussian noise; optionally gamma
+    (``gamma``: range, MONAI ``RandAdjustContrast``), Gaussian blur (``blur_sigma``: range of
+    sigma in pixels), a smooth multiplicative bias field (``bias_field``: its coefficient range)
+    and grey-value inversion with probability ``invert_prob``: the appearance changes the
+    domain-randomised simulator makes per volume, made per patch too.
 
     Applied to a dict {"image": (1, *spatial), "label": (1, *spatial)}; geometric transforms act
     on both keys, intensity transforms on the image only.
@@ -91,4 +99,14 @@ def training_augmentation(
         steps.append(mt.RandShiftIntensityd("image", offsets=intensity_shift, prob=prob))
     if noise_std > 0:
         steps.append(mt.RandGaussianNoised("image", prob=prob, std=noise_std))
+    if bias_field > 0:
+        steps.append(mt.RandBiasFieldd("image", coeff_range=(0.0, float(bias_field)), prob=prob))
+    if gamma is not None:
+        steps.append(mt.RandAdjustContrastd("image", gamma=tuple(float(g) for g in gamma), prob=prob))
+    if blur_sigma is not None:
+        lo, hi = (float(b) for b in blur_sigma)
+        steps.append(mt.RandGaussianSmoothd("image", sigma_x=(lo, hi), sigma_y=(lo, hi), sigma_z=(lo, hi),
+                                            prob=prob))
+    if invert_prob > 0:
+        steps.append(mt.RandLambdad("image", lambda x: 1.0 - x, prob=float(invert_prob)))
     return mt.Compose(steps)

@@ -4,8 +4,10 @@
 so that the sample edge lies outside the label grid) -> parallel-beam projections with the
 project's :class:`~src.recon.operators.ParallelBeamProjector` -> detector blur -> Zernike halo
 (high-pass of the projected phase ~ attenuation) -> Poisson counts with per-pixel gain errors
-(rings) -> flat-field + ``-log`` -> FBP (:func:`~src.recon.fbp.fbp`) -> crop to the label grid.
-Grey values are attenuation per voxel plus artefacts (float32).
+(rings) -> flat-field + ``-log`` -> beam hardening (cupping) -> FBP (:func:`~src.recon.fbp.fbp`)
+-> crop to the label grid -> smooth multiplicative intensity field -> gamma. Grey values are
+attenuation per voxel plus artefacts (float32). The last four stages are off by default; the
+domain randomisation (:mod:`src.simulation.randomization`) draws all of them per volume.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from tqdm.auto import tqdm
 from src.recon.fbp import fbp
 from src.recon.operators import ParallelBeamProjector
 
-__all__ = ["ImagingConfig", "detector_optics", "embed_in_cylinder", "measure_line_integrals",
-           "simulate_tomography"]
+__all__ = ["ImagingConfig", "apply_gamma", "beam_hardening", "detector_optics", "embed_in_cylinder",
+           "intensity_field", "measure_line_integrals", "simulate_tomography"]
 
 
 @dataclass
@@ -37,14 +39,26 @@ class ImagingConfig:
     halo_strength: float = 0.8  # Zernike halo: p + s (p - G_sigma p)
     halo_sigma_px: float = 3.0
     ring_strength: float = 0.005  # relative per-pixel detector gain error (std)
+    cupping: float = 0.0  # beam hardening: measured p -> p - cupping * p**2 / max(p) (>= 0)
+    field_strength: float = 0.0  # std of a smooth multiplicative intensity field (log scale)
+    field_sigma_px: float = 32.0  # its correlation length
+    gamma: float = 1.0  # grey values g -> lo + (hi - lo) * ((g - lo) / (hi - lo)) ** gamma
     filter_name: str = "shepp-logan"
     pad_px: int | None = None  # mirror padding in y/x; None: enough for the cylinder FOV
     chunk_slices: int = 32  # z slices per projector call
 
     def __post_init__(self) -> None:
         self.attenuation = tuple(float(a) for a in self.attenuation)
-        if self.n_angles < 2 or self.photons <= 0:
-            raise ValueError("n_angles must be >= 2 and photons > 0")
+        if self.n_angles < 2:
+            raise ValueError(f"imaging.n_angles must be >= 2, got {self.n_angles}")
+        if self.photons <= 0:
+            raise ValueError(f"imaging.photons must be > 0, got {self.photons}")
+        for key in ("detector_blur_px", "halo_sigma_px", "ring_strength", "cupping", "field_strength"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"imaging.{key} must be >= 0, got {getattr(self, key)}")
+        if self.gamma <= 0 or self.field_sigma_px <= 0:
+            raise ValueError(f"imaging.gamma and imaging.field_sigma_px must be > 0, got "
+                             f"{self.gamma}, {self.field_sigma_px}")
 
 
 def _pad_for_cylinder(ny: int, nx: int) -> int:
@@ -79,6 +93,40 @@ def detector_optics(proj: np.ndarray, cfg: ImagingConfig) -> np.ndarray:
         low = ndimage.gaussian_filter(proj, (0, cfg.halo_sigma_px, cfg.halo_sigma_px))
         proj = proj + np.float32(cfg.halo_strength) * (proj - low)
     return proj
+
+
+def beam_hardening(proj: np.ndarray, cupping: float) -> np.ndarray:
+    """Polychromatic beam: long paths attenuate less than ``exp(-p)`` says, so the measured line
+    integrals bend down, ``p - cupping * p**2 / max(p)``; FBP turns this into a cupped
+    (darker centre) volume. ``proj (angles, rows, cols)``, ``cupping >= 0`` (0: unchanged)."""
+    if not cupping:
+        return proj
+    scale = np.float32(cupping / max(float(proj.max()), 1e-6))
+    return proj - scale * proj * np.abs(proj)
+
+
+def intensity_field(shape: tuple[int, ...], strength: float, sigma_px: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """A smooth multiplicative field ``exp(strength * n)`` (``n`` a unit-variance Gaussian random
+    field of correlation length ~``sigma_px``), float32 of ``shape`` (uneven illumination)."""
+    factor = max(1, int(sigma_px // 4))
+    coarse = tuple(-(-s // factor) + 2 for s in shape)
+    field = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma_px / factor)
+    if factor > 1:
+        field = ndimage.zoom(field, factor, order=1)
+    field = field[tuple(slice(0, s) for s in shape)]
+    field = (field - field.mean()) / (field.std() + 1e-12)
+    return np.exp(np.float32(strength) * field).astype(np.float32)
+
+
+def apply_gamma(volume: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma on the grey range: ``lo + (hi - lo) * t ** gamma`` with ``t`` the value mapped to
+    [0, 1] between the 0.5 and 99.5 percentiles (clipped); ``gamma = 1`` returns ``volume``."""
+    if gamma == 1:
+        return volume
+    lo, hi = np.percentile(volume[:: max(1, volume.shape[0] // 16)], [0.5, 99.5])
+    t = np.clip((volume - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return (lo + (hi - lo) * t ** np.float32(gamma)).astype(np.float32)
 
 
 def measure_line_integrals(
@@ -122,6 +170,7 @@ def simulate_tomography(
         proj = detector_optics(proj, cfg)
         gain = 1.0 + cfg.ring_strength * rng.standard_normal((1, nz, w))
         proj = measure_line_integrals(proj, cfg.photons, gain, rng)
+        proj = beam_hardening(proj, cfg.cupping)
         out = np.empty(labels.shape, np.float32)
         for sl in chunks:
             sino = torch.from_numpy(np.ascontiguousarray(proj[:, sl].transpose(1, 0, 2)))
@@ -129,4 +178,6 @@ def simulate_tomography(
             out[sl] = rec[:, pad:pad + ny, pad:pad + nx]
             bar.update()
     bar.close()
-    return out
+    if cfg.field_strength > 0:
+        out *= intensity_field(out.shape, cfg.field_strength, cfg.field_sigma_px, rng)
+    return apply_gamma(out, cfg.gamma)

@@ -131,7 +131,7 @@ def bad_case(tmp_path: Path, kind: str) -> tuple[Path, Path]:
     ("kind", "error", "message"),
     [
         ("shape", ValueError, r"shape mismatch: image .*a.tif is \(32, 40\) but label .*a_label.tif is \(32, 32\)"),
-        ("values", ValueError, r"a_label.tif: label values \[7\] are outside the configured phases 0..2"),
+        ("values", ValueError, r"a_label.tif: label values \[7\] are neither a class \(label_values \[0, 1, 2\]"),
         ("nan", ValueError, r"a.tif.*(NaN|non-finite)"),
         ("constant", ValueError, r"a.tif.*constant"),
         ("truncated", ImageReadError, r"a.tif"),
