@@ -110,7 +110,7 @@ def model_method(path: str):
 
 
 def forest_method(real: list[dict], normalize: dict):
-    from src.analysis.baselines import RandomForestSegmenter
+    from src.analysis.segmenters import RandomForestSegmenter
     from src.data.transforms import normalize_percentile
 
     def fit(items):
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from src.analysis.baselines import MultiOtsuSegmenter
     from src.analysis.metrics import confusion_matrix, scores_from_confusion
+    from src.analysis.segmenters import MultiOtsuSegmenter
     from src.data.io import write_json
     from src.data.transforms import DEFAULT_NORMALIZE, normalize_percentile
 
