@@ -180,8 +180,10 @@ def write_suggestions_csv(regions: Sequence[dict[str, Any]], path: str | Path) -
 
 def save_suggestions_png(image: np.ndarray, uncertainty: np.ndarray, regions: Sequence[dict[str, Any]],
                          path: str | Path, n: int = 8, title: str = "") -> Path:
-    """PNG of the most uncertain slice: grey image and uncertainty map with the top ``n``
-    regions of that slice outlined and numbered by rank.
+    """Save a PNG of the most uncertain slice with its top ``n`` regions outlined and numbered.
+
+    The PNG shows the grey image and uncertainty map of that slice, with the top ``n`` regions
+    of that slice outlined and numbered by rank.
 
     Args:
         image: ``(y, x)`` or ``(z, y, x)`` grey image (slices along axis 0).

@@ -1,5 +1,7 @@
-"""napari plugin: open a volume, paint scribbles, adapt a trained net to them, see the
-prediction and its uncertainty, save scribbles and model (``pip install batteryct[gui]``).
+"""napari plugin: paint scribbles on a volume and adapt a trained net to them.
+
+Open a volume, paint scribbles, adapt a trained net to them, see the prediction and its
+uncertainty, save scribbles and model (``pip install batteryct[gui]``).
 
 The dock widget :class:`ScribbleWidget` (napari: *Plugins → batteryct scribbles*) holds:
 
@@ -150,6 +152,7 @@ class ScribbleWidget(_container_base()):  # type: ignore[misc]
         return self.viewer.layers[name]
 
     def current_checkpoint(self) -> Path:
+        """The checkpoint in use: the adapted one if any, else the chosen one (must exist)."""
         ckpt = self.adapted or Path(str(self.checkpoint.value))
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint {ckpt} does not exist: choose a trained checkpoint")

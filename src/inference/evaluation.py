@@ -1,5 +1,6 @@
-"""Scoring a trained checkpoint or a classical baseline on whole images (the body of
-``evaluate.py``), with typed arguments.
+"""Scoring a trained checkpoint or a classical baseline on whole images, with typed arguments.
+
+This is the body of ``evaluate.py``.
 
 Segmentation (:func:`evaluate_segmentation`): every image/label pair is read and checked before
 anything is written; then ``<name>_seg.tif`` per image (``<name>_probs.tif``, ``<name>_panel.png``
@@ -170,8 +171,9 @@ def model_segmenter(ckpt_path: str | Path | None, device: str, window: WindowSet
 def baseline_segmenter(name: str, make: Callable[[], Any], class_names: Sequence[str], images: PathSpec,
                        train_images: PathSpec | None = None, train_labels: PathSpec | None = None,
                        save_probabilities: bool = False) -> Segmenter:
-    """A classical segmenter (``method=otsu|kmeans|random_forest``), fitted on labelled
-    training slices when it learns (read and checked before fitting).
+    """Build a classical segmenter (``method=otsu|kmeans|random_forest``), fitted if it learns.
+
+    A learning method is fitted on labelled training slices (read and checked before fitting).
 
     Args:
         name: the method's name (reports, messages).
@@ -211,8 +213,11 @@ def baseline_segmenter(name: str, make: Callable[[], Any], class_names: Sequence
 
 @dataclass
 class SparseLabels:
-    """How label files are read: ``ignore_index`` marks unlabelled voxels (scored nowhere);
-    ``label_values`` / ``unlabelled_value`` map stored values (napari: 0 = unlabelled, 1..K)."""
+    """How label files are read: unlabelled voxels and the mapping of stored values.
+
+    ``ignore_index`` marks unlabelled voxels (scored nowhere); ``label_values`` /
+    ``unlabelled_value`` map stored values (napari: 0 = unlabelled, 1..K).
+    """
 
     ignore_index: int | None = 255
     label_values: list[int] | None = None
@@ -382,8 +387,10 @@ def _write_all_suggestions(output_dir: Path, rows: list[dict]) -> None:
 
 
 def _write_calibration(output_dir: Path, calibrations: list[dict]) -> float:
-    """Pool the images' calibration bins; write ``calibration.json`` and ``reliability.png``;
-    return the pooled expected calibration error."""
+    """Pool the images' calibration bins and return the pooled expected calibration error.
+
+    Writes ``calibration.json`` and ``reliability.png`` in ``output_dir``.
+    """
     from src.analysis.uncertainty import save_reliability_diagram
 
     n_bins = len(calibrations[0]["bins"])
@@ -405,8 +412,10 @@ def _write_calibration(output_dir: Path, calibrations: list[dict]) -> float:
 
 def evaluate_reconstruction(ckpt_paths: Sequence[str | Path], output_dir: Path, sirt_iter: int = 100,
                             tv_iter: int = 300) -> dict:
-    """FBP / SIRT / TV and the learned checkpoint(s) on the held-out slices of the first
-    checkpoint's data: prints the table and writes ``recon_metrics.csv``, ``.md`` and ``.json``.
+    """Score FBP / SIRT / TV and the learned checkpoint(s) on held-out slices.
+
+    The held-out slices are those of the first checkpoint's data; prints the table and writes
+    ``recon_metrics.csv``, ``.md`` and ``.json``.
 
     Args:
         ckpt_paths: reconstruction checkpoints of one geometry (image size, angles).

@@ -63,6 +63,7 @@ class PredictionResult:
 
     @property
     def voxels_per_s(self) -> float:
+        """Throughput in voxels per second (NaN when ``seconds`` is not positive)."""
         return self.voxels / self.seconds if self.seconds > 0 else float("nan")
 
 
@@ -77,10 +78,12 @@ def _libc():
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """Serve allocations above ``threshold`` bytes (tiles, activations) by fresh ``mmap`` on
-    glibc, so freed ones go back to the system at once instead of piling up in the per-thread
-    heaps of the reader, writer and compute threads (keeps a long run's RSS flat). False where
-    this is not glibc."""
+    """Serve allocations above ``threshold`` bytes by fresh ``mmap`` on glibc.
+
+    Freed ones (tiles, activations) then go back to the system at once instead of piling up in
+    the per-thread heaps of the reader, writer and compute threads (keeps a long run's RSS
+    flat). False where this is not glibc.
+    """
     libc = _libc()
     try:
         return bool(libc is not None and libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
@@ -90,9 +93,11 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
 
 def trim_freed_memory() -> bool:
     """Give the free pages inside every glibc heap back to the system (``malloc_trim(0)``).
+
     Called after each chunk: the small allocations (below the mmap threshold) of the reader,
     writer, compressor and compute threads are spread over several heaps, whose free holes
-    otherwise stay resident and add up over a long run. False where this is not glibc."""
+    otherwise stay resident and add up over a long run. False where this is not glibc.
+    """
     libc = _libc()
     try:
         return bool(libc is not None and libc.malloc_trim(0) >= 0)
@@ -106,8 +111,11 @@ def progress_dir(output: Path) -> Path:
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world_size): given ones, else torch.distributed's when initialised, else the
-    ``RANK``/``WORLD_SIZE`` environment (torchrun, SLURM wrappers), else (0, 1)."""
+    """Resolve this process's ``(rank, world_size)``.
+
+    Given ones, else torch.distributed's when initialised, else the ``RANK``/``WORLD_SIZE``
+    environment (torchrun, SLURM wrappers), else (0, 1).
+    """
     import torch.distributed as dist
 
     if rank is None or world_size is None:
@@ -180,8 +188,11 @@ def uncertainty_path(output: str | os.PathLike) -> Path:
 
 
 def _uncertainty_output(output: Path, manifest: dict, overwrite: bool, rank: int = 0) -> VolumeOutput:
-    """Create (fresh run, rank 0) or reopen (resume: the main output's manifest exists; other
-    ranks: once rank 0 made it) the uint8 uncertainty volume beside ``output``."""
+    """Create or reopen the uint8 uncertainty volume beside ``output``.
+
+    Created on a fresh run (rank 0); reopened on resume (the main output's manifest exists) and
+    on other ranks (once rank 0 made it).
+    """
     path = uncertainty_path(output)
     resuming = (progress_dir(output) / "manifest.json").exists()
     if rank != 0 and not resuming:

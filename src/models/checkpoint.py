@@ -229,8 +229,9 @@ def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: s
 
 
 def checkpoint_net_config(path: str | Path, num_classes: int | None = None) -> dict[str, Any]:
-    """The network config (``_target_`` and arguments) a checkpoint was trained with, so a
-    fine-tuning run rebuilds exactly that net (``net_from_init=true``).
+    """The network config (``_target_`` and arguments) a checkpoint was trained with.
+
+    With it a fine-tuning run rebuilds exactly that net (``net_from_init=true``).
 
     Args:
         path: the checkpoint.

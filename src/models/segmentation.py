@@ -17,8 +17,9 @@ from src.models.base import TaskModule, build_net
 
 
 class IgnoreIndexLoss(nn.Module):
-    """A MONAI segmentation loss (``DiceCELoss``, ``DiceLoss``, ``DiceFocalLoss``) that skips
-    unlabelled voxels (target ``ignore_index``): sparse labels, scribbles.
+    """A MONAI segmentation loss that skips unlabelled voxels (target ``ignore_index``).
+
+    Wraps ``DiceCELoss``, ``DiceLoss`` or ``DiceFocalLoss``, for sparse labels and scribbles.
 
     Dense batches (no unlabelled voxel) go to the wrapped loss unchanged. Otherwise the Dice
     term is MONAI's :class:`~monai.losses.MaskedDiceLoss` with the wrapped loss's settings
@@ -142,6 +143,7 @@ class SegmentationModule(TaskModule):
 
     @property
     def spatial_dims(self) -> int:
+        """Number of spatial dimensions of the net (2 or 3; 2 when not given)."""
         return int(getattr(self.net, "spatial_dims", None) or self.hparams.net.get("spatial_dims", 2))
 
     @property
@@ -161,21 +163,26 @@ class SegmentationModule(TaskModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss of one training batch (logged as the training loss)."""
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
         self.log_train_loss(loss, len(logits))
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        """Every process validates the weights rank 0 checkpoints: BatchNorm running statistics
-        drift apart per process during training (DDP broadcasts them only before each training
-        forward, then every process updates them with its own batch)."""
+        """Broadcast rank 0's buffers, so every process validates the weights rank 0 checkpoints.
+
+        BatchNorm running statistics drift apart per process during training (DDP broadcasts
+        them only before each training forward, then every process updates them with its own
+        batch).
+        """
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             for buffer in self.net.buffers():
                 torch.distributed.broadcast(buffer, src=0)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Add one validation batch to the confusion matrix and loss; return its predictions."""
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
         preds = logits.argmax(1)
@@ -184,6 +191,7 @@ class SegmentationModule(TaskModule):
         return {"preds": preds}
 
     def on_validation_epoch_end(self) -> None:
+        """Log the validation accuracy, per-class IoU and Dice, loss and mIoU; then reset."""
         cm = self.val_confusion.compute().cpu().numpy()
         self.val_confusion.reset()
         scores = scores_from_confusion(cm, self.class_names)

@@ -75,8 +75,11 @@ def _sample(labels: np.ndarray, cfg: ImagingConfig, pad: int) -> np.ndarray:
 
 
 def embed_in_cylinder(volume: np.ndarray, pad: int) -> np.ndarray:
-    """``(z, y, x)`` attenuation → ``(z, y + 2 pad, x + 2 pad)`` float32, mirror-padded in y/x and
-    zero outside the inscribed cylinder (the sample edge lies outside the label grid)."""
+    """Embed an attenuation volume in a cylinder: mirror-padded in y/x, zero outside it.
+
+    ``(z, y, x)`` attenuation → ``(z, y + 2 pad, x + 2 pad)`` float32, mirror-padded in y/x and
+    zero outside the inscribed cylinder (the sample edge lies outside the label grid).
+    """
     mu = np.pad(np.asarray(volume, np.float32), ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
     h, w = mu.shape[1:]
     yy, xx = np.ogrid[:h, :w]
@@ -96,9 +99,12 @@ def detector_optics(proj: np.ndarray, cfg: ImagingConfig) -> np.ndarray:
 
 
 def beam_hardening(proj: np.ndarray, cupping: float) -> np.ndarray:
-    """Polychromatic beam: long paths attenuate less than ``exp(-p)`` says, so the measured line
-    integrals bend down, ``p - cupping * p**2 / max(p)``; FBP turns this into a cupped
-    (darker centre) volume. ``proj (angles, rows, cols)``, ``cupping >= 0`` (0: unchanged)."""
+    """Beam hardening of a polychromatic beam: long paths attenuate less than ``exp(-p)`` says.
+
+    So the measured line integrals bend down, ``p - cupping * p**2 / max(p)``; FBP turns this
+    into a cupped (darker centre) volume. ``proj (angles, rows, cols)``, ``cupping >= 0``
+    (0: unchanged).
+    """
     if not cupping:
         return proj
     scale = np.float32(cupping / max(float(proj.max()), 1e-6))
@@ -107,8 +113,11 @@ def beam_hardening(proj: np.ndarray, cupping: float) -> np.ndarray:
 
 def intensity_field(shape: tuple[int, ...], strength: float, sigma_px: float,
                     rng: np.random.Generator) -> np.ndarray:
-    """A smooth multiplicative field ``exp(strength * n)`` (``n`` a unit-variance Gaussian random
-    field of correlation length ~``sigma_px``), float32 of ``shape`` (uneven illumination)."""
+    """A smooth multiplicative field, float32 of ``shape`` (uneven illumination).
+
+    The field is ``exp(strength * n)`` (``n`` a unit-variance Gaussian random field of
+    correlation length ~``sigma_px``).
+    """
     factor = max(1, int(sigma_px // 4))
     coarse = tuple(-(-s // factor) + 2 for s in shape)
     field = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma_px / factor)
@@ -120,8 +129,11 @@ def intensity_field(shape: tuple[int, ...], strength: float, sigma_px: float,
 
 
 def apply_gamma(volume: np.ndarray, gamma: float) -> np.ndarray:
-    """Gamma on the grey range: ``lo + (hi - lo) * t ** gamma`` with ``t`` the value mapped to
-    [0, 1] between the 0.5 and 99.5 percentiles (clipped); ``gamma = 1`` returns ``volume``."""
+    """Gamma on the grey range; ``gamma = 1`` returns ``volume``.
+
+    ``lo + (hi - lo) * t ** gamma`` with ``t`` the value mapped to [0, 1] between the 0.5 and
+    99.5 percentiles (clipped).
+    """
     if gamma == 1:
         return volume
     lo, hi = np.percentile(volume[:: max(1, volume.shape[0] // 16)], [0.5, 99.5])
@@ -132,8 +144,11 @@ def apply_gamma(volume: np.ndarray, gamma: float) -> np.ndarray:
 def measure_line_integrals(
     proj: np.ndarray, photons: float | None, gain: np.ndarray | float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Poisson counts at ``photons`` per pixel (flat field) with detector ``gain`` errors, then
-    flat-field and ``-log`` → measured line integrals float32; ``photons=None``: noiseless."""
+    """Measured line integrals (float32) of projections ``proj``; ``photons=None``: noiseless.
+
+    Poisson counts at ``photons`` per pixel (flat field) with detector ``gain`` errors, then
+    flat-field and ``-log`` → measured line integrals float32.
+    """
     if photons is None:
         return np.asarray(proj, np.float32)
     counts = rng.poisson(photons * gain * np.exp(-proj.astype(np.float64)))

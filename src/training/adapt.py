@@ -28,6 +28,7 @@ class ProgressCallback(pl.Callback):
         self.report = report
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        """Call ``report`` with the global step and the total number of planned steps."""
         total = int(trainer.max_epochs or 1) * int(trainer.num_training_batches or 1)
         self.report(int(trainer.global_step), max(total, 1))
 
