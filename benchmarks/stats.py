@@ -155,7 +155,7 @@ def main() -> None:
         total = time.perf_counter() - start
         each = ", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items())
         print(f"{'all default statistics (analyze.py)':38s} {total:8.2f}  ({each}; the tortuosity pairs "
-              f"solved in parallel processes)")
+              f"solved in parallel processes from the start, the others meanwhile)")
 
 
 def _peak_rss_poller() -> tuple[Any, dict[str, float]]:

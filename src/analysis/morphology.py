@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,12 @@ from tqdm.auto import tqdm
 from src.analysis.parallel import fork_map
 from src.analysis.particles import measure_particles, separate_particles, weighted_quantiles
 from src.analysis.surfaces import SURFACE_SIGMA, PhaseSurface, phase_surface
-from src.analysis.transport import AXIS_NAMES, percolating_fraction, tortuosity_many
+from src.analysis.transport import (
+    AXIS_NAMES,
+    percolating_fraction,
+    tortuosity_factor,
+    tortuosity_start,
+)
 from src.data.io import read_image
 from src.data.io.labels import check_label_values
 
@@ -345,34 +351,67 @@ def compute_statistics(
                                         thickness_phases)
     for note in stats["notes"]:
         log.warning(note)
-    stats["surfaces"] = timed("surfaces", lambda tick: surface_statistics(
-        labels, class_names, voxel_um, surface_sigma, on_done=tick), total=len(class_names))
-    if particle_phase is not None:
-        mask = labels == _phase_index(class_names, particle_phase, "particle_phase")
-        kwargs = {"surface_sigma": surface_sigma, **dict(particles or {})}
-        stats["particles"] = {particle_phase: timed(
-            "particles", lambda tick: particle_statistics(mask, voxel_um, on_step=tick, **kwargs), total=2)}
-
-    def each_phase(tick: Callable[..., Any], fn: Callable[[str, int], Any], names: Sequence[str]) -> dict[str, Any]:
-        out = {}
-        for name in names:
-            out[name] = fn(name, class_names.index(name))
-            tick()
-        return out
-
-    stats["connectivity"] = timed("connectivity", lambda tick: each_phase(
-        tick, lambda name, i: percolating_fraction(labels == i, axes), class_names), total=len(class_names))
-    if thickness_phases:
-        stats["local_thickness"] = timed("local_thickness", lambda tick: each_phase(
-            tick, lambda name, i: local_thickness(labels == i, voxel_um, thickness_bins), thickness_phases),
-            total=len(thickness_phases))
+    # the tortuosity solves (the longest statistics) start first, in other processes when the
+    # volume is large; the other statistics are computed here meanwhile, on the remaining core
+    solving = None
     if tortuosity:
         tasks = [(name, a) for name in tort_members for a in tort_axes]
         masks = {name: np.isin(labels, members) for name, members in tort_members.items()}  # once per phase
-        solved = timed("tortuosity", lambda tick: tortuosity_many(
-            [(masks[name], a) for name, a in tasks], solver=tortuosity_solver,
-            device=device, conv_crit=tortuosity_conv_crit, iter_limit=tortuosity_iter_limit,
-            workers=tortuosity_workers, on_done=tick), total=len(tasks))
+        tort_start = time.perf_counter()
+        tort_kwargs = {"solver": tortuosity_solver, "device": device, "conv_crit": tortuosity_conv_crit,
+                       "iter_limit": tortuosity_iter_limit}
+        # with c cores: the largest solves go to c - 1 background processes, one core stays here for
+        # the other statistics, then the smallest solve (on 2 cores: the solid network in the
+        # background; here the surfaces, particles, ... and then the pore)
+        cores = tortuosity_workers or os.cpu_count() or 1
+        order = sorted(range(len(tasks)), key=lambda k: -int(masks[tasks[k][0]].sum()))
+        here = order[cores - 1:] if 1 < cores <= len(tasks) and device == "cpu" else []
+        away = [k for k in range(len(tasks)) if k not in here]
+        solving = tortuosity_start([(masks[tasks[k][0]], tasks[k][1]) for k in away],
+                                   workers=max(1, cores - 1) if here else tortuosity_workers,
+                                   background=bool(here), **tort_kwargs)
+        local = [(masks[tasks[k][0]], tasks[k][1]) for k in here]
+        del masks
+    try:
+        surface_workers = 1 if solving is not None and solving.background else None
+        stats["surfaces"] = timed("surfaces", lambda tick: surface_statistics(
+            labels, class_names, voxel_um, surface_sigma, workers=surface_workers, on_done=tick),
+            total=len(class_names))
+        if particle_phase is not None:
+            mask = labels == _phase_index(class_names, particle_phase, "particle_phase")
+            kwargs = {"surface_sigma": surface_sigma, **dict(particles or {})}
+            stats["particles"] = {particle_phase: timed(
+                "particles", lambda tick: particle_statistics(mask, voxel_um, on_step=tick, **kwargs), total=2)}
+
+        def each_phase(tick: Callable[..., Any], fn: Callable[[str, int], Any], names: Sequence[str]) -> dict[str, Any]:
+            out = {}
+            for name in names:
+                out[name] = fn(name, class_names.index(name))
+                tick()
+            return out
+
+        stats["connectivity"] = timed("connectivity", lambda tick: each_phase(
+            tick, lambda name, i: percolating_fraction(labels == i, axes), class_names), total=len(class_names))
+        if thickness_phases:
+            stats["local_thickness"] = timed("local_thickness", lambda tick: each_phase(
+                tick, lambda name, i: local_thickness(labels == i, voxel_um, thickness_bins), thickness_phases),
+                total=len(thickness_phases))
+    except BaseException:
+        if solving is not None:
+            solving.cancel()
+        raise
+    if solving is not None:
+        def finish(tick: Callable[..., Any]) -> list[dict[str, Any]]:
+            results: dict[int, dict[str, Any]] = {}
+            for k, (m, a) in zip(here, local, strict=True):
+                results[k] = tortuosity_factor(m, a, **tort_kwargs)
+                tick()
+            results.update(zip(away, solving(tick), strict=True))
+            return [results[k] for k in range(len(tasks))]
+
+        solved = timed("tortuosity", finish, total=len(tasks))
+        if solving.background:  # its time: from the start of the solves, overlapping the others
+            timings["tortuosity"] = time.perf_counter() - tort_start
         stats["tortuosity"] = {name: {} for name in tort_members}
         for (name, a), res in zip(tasks, solved, strict=True):
             stats["tortuosity"][name][AXIS_NAMES[a]] = res

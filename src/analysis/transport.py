@@ -21,6 +21,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from tqdm.auto import tqdm
 
-from src.analysis.parallel import fork_map
+from src.analysis.parallel import fork_start
 from src.config import resolve_device
 
 __all__ = ["AXIS_NAMES", "TORTUOSITY_SOLVERS", "percolating_fraction", "through_clusters",
@@ -241,7 +242,31 @@ def tortuosity_many(
     Returns:
         One result dict per task, in order.
     """
+    return tortuosity_start(tasks, workers=workers, min_parallel_voxels=min_parallel_voxels, **kwargs)(on_done)
+
+
+def tortuosity_start(
+    tasks: Sequence[tuple[np.ndarray, int]], *, workers: int | None = None,
+    min_parallel_voxels: int = 100**3, background: bool = False, **kwargs: Any,
+) -> Callable[[Callable[[], Any] | None], list[dict[str, float | bool | int]]]:
+    """Start :func:`tortuosity_many`'s solves in processes now; ``collect(on_done)`` waits for them.
+
+    Args:
+        tasks: ``(mask, axis)`` pairs, masks bool (z, y, x).
+        workers: processes (None: one per CPU core, at most one per task); 1 = at collection.
+        min_parallel_voxels: smaller masks are solved in this process, at collection.
+        background: solve in other processes even with one worker (this process does other
+            work meanwhile).
+        **kwargs: keyword arguments of :func:`tortuosity_factor`.
+
+    Returns:
+        ``collect(on_done)`` -> one result dict per task, in order; ``.background`` tells
+        whether the solves run in other processes meanwhile.
+    """
     on_gpu = kwargs.get("device", "cpu") != "cpu" and kwargs.get("solver", "auto") != "amg"
     small = all(m.size < min_parallel_voxels for m, _ in tasks)
-    return fork_map(_solve_one, [(m, a, kwargs) for m, a in tasks], parallel=not (on_gpu or small),
-                    workers=workers, on_done=on_done)
+    parallel = not (on_gpu or small) and (background or min(workers or os.cpu_count() or 1, len(tasks)) > 1)
+    collect = fork_start(_solve_one, [(m, a, kwargs) for m, a in tasks], parallel=parallel, workers=workers,
+                         in_process=not background)
+    collect.background = parallel  # type: ignore[attr-defined]
+    return collect
