@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.config import to_plain
-from src.data.datasets import EpochSampler, LabelledVolume, RandomPatchDataset, TilePatchDataset, split_region
+from src.data.datasets import (
+    EpochSampler,
+    LabelledVolume,
+    RandomPatchDataset,
+    TilePatchDataset,
+    split_region,
+)
 from src.data.sources import PathSpec, load_pair, pair_images_labels
 from src.data.transforms import normalization, normalize_percentile, training_augmentation
 
@@ -120,7 +126,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _load(self, images: PathSpec, labels: PathSpec, mapped: bool = True) -> list[LabelledVolume]:
         """Read, check and normalise every pair (all checks run before any training starts);
-        ``mapped``: the label files use ``label_values`` / ``unlabelled_value``."""
+        ``mapped``: the label files use ``label_values`` / ``unlabelled_value``.
+        """
         volumes = []
         for image_path, label_path in pair_images_labels(images, labels):
             image, label = load_pair(image_path, label_path, len(self.class_names),
@@ -132,6 +139,16 @@ class SegmentationDataModule(pl.LightningDataModule):
             volumes.append(LabelledVolume(Path(image_path).name, image, label))
         return volumes
 
+    def _split(self, volumes: list) -> tuple[list, list]:
+        """Each volume's training and validation regions (``val_fraction`` along ``split_axis``)."""
+        train, val = [], []
+        for v in volumes:
+            axis = self.split_axis if self.split_axis is not None else (0 if v.image.ndim == 3 else v.image.ndim - 1)
+            train_region, val_region = split_region(v.image.shape, axis, self.val_fraction)
+            train.append(v.crop(train_region))
+            val.append(v.crop(val_region))
+        return train, val
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -139,13 +156,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.val_images is not None:
             val = self._load(self.val_images, self.val_labels)
         else:
-            train_parts, val = [], []
-            for v in train:
-                axis = self.split_axis if self.split_axis is not None else (0 if v.image.ndim == 3 else v.image.ndim - 1)
-                train_region, val_region = split_region(v.image.shape, axis, self.val_fraction)
-                train_parts.append(v.crop(train_region))
-                val.append(v.crop(val_region))
-            train = train_parts
+            train, val = self._split(train)
         if self.replay_images is not None and self.replay_weight > 0:
             replay = self._load(self.replay_images, self.replay_labels, mapped=False)
             for v in replay:
@@ -170,7 +181,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Validation tiles in order. With several processes each takes a disjoint share, none
         padded or repeated (Lightning's default sampler would repeat tiles to even out the
-        shares), so the confusion matrix reduced over processes equals one process's."""
+        shares), so the confusion matrix reduced over processes equals one process's.
+        """
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler

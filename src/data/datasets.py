@@ -75,7 +75,8 @@ def _used_axes(ndim: int, spatial_dims: int, slice_axes: Sequence[int]) -> set[i
 
 def _common_side(patch_size: int, extents: Sequence[int], size_multiple: int, names: Sequence[str]) -> int:
     """Patch side: ``patch_size`` clipped to the smallest region extent, rounded down to
-    ``size_multiple`` (one shape for every patch, so patches batch together)."""
+    ``size_multiple`` (one shape for every patch, so patches batch together).
+    """
     side = min([int(patch_size), *extents]) // size_multiple * size_multiple
     if side == 0:
         raise ValueError(
@@ -149,7 +150,8 @@ class RandomPatchDataset(Dataset):
     @staticmethod
     def _weights(volumes: Sequence[LabelledVolume]) -> np.ndarray:
         """Volume probabilities: by region size, then scaled so volumes with a ``weight``
-        (e.g. replayed old labels) get that share of the draws in total."""
+        (e.g. replayed old labels) get that share of the draws in total.
+        """
         sizes = np.array([np.prod(v.region_shape) for v in volumes], dtype=np.float64)
         weighted = np.array([v.weight is not None for v in volumes])
         p = np.zeros(len(volumes))
@@ -165,7 +167,8 @@ class RandomPatchDataset(Dataset):
 
     def _labelled_only(self, volumes: Sequence[LabelledVolume], seed: int) -> list[LabelledVolume]:
         """Index the phases' voxels of every volume; drop (with a warning) those without any
-        labelled voxel in their region, so the sampler never looks for a centre in them."""
+        labelled voxel in their region, so the sampler never looks for a centre in them.
+        """
         self.volumes = list(volumes)
         self.seed = int(seed)
         self._index_classes()
@@ -198,7 +201,8 @@ class RandomPatchDataset(Dataset):
     def _start(self, rng: np.random.Generator, v: LabelledVolume, axes: tuple[int, ...],
                size: list[int]) -> tuple[list[int], np.ndarray | None]:
         """Corner of the patch along ``axes`` (absolute coordinates), inside the region, and the
-        labelled centre voxel it was drawn around (None when not class-balanced)."""
+        labelled centre voxel it was drawn around (None when not class-balanced).
+        """
         lo = [v.region[a].start for a in axes]
         hi = [v.region[a].stop - s for a, s in zip(axes, size, strict=True)]
         if self.class_balanced:

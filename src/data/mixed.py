@@ -16,7 +16,7 @@ import numpy as np
 
 from src.config import to_plain
 from src.data.datamodule import SegmentationDataModule
-from src.data.datasets import RandomPatchDataset, TilePatchDataset, split_region
+from src.data.datasets import RandomPatchDataset, TilePatchDataset
 from src.data.transforms import training_augmentation
 
 __all__ = ["MixedSegmentationDataModule", "check_class_names"]
@@ -71,15 +71,6 @@ class MixedSegmentationDataModule(SegmentationDataModule):
                 raise ValueError(f"data source {src['name']!r}: weight must be >= 0, got {src['weight']}")
         if self.weight + sum(s["weight"] for s in self.sources) <= 0:
             raise ValueError("data.weight and the sources' weights are all 0: nothing to train on")
-
-    def _split(self, volumes):
-        train, val = [], []
-        for v in volumes:
-            axis = self.split_axis if self.split_axis is not None else (0 if v.image.ndim == 3 else v.image.ndim - 1)
-            train_region, val_region = split_region(v.image.shape, axis, self.val_fraction)
-            train.append(v.crop(train_region))
-            val.append(v.crop(val_region))
-        return train, val
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

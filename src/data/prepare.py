@@ -1,5 +1,6 @@
 """Run the configured data's preparation (e.g. generate the synthetic volumes) without training:
-``python -m src.data.prepare [data=synthetic] [data.prepare.train_seeds=[0,1,2]]``."""
+``python -m src.data.prepare [data=synthetic] [data.prepare.train_seeds=[0,1,2]]``.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The DataModule of simulated sinograms (:mod:`src.simulation.sinograms`) for the learned
 reconstruction models: ``{"sinogram": (1, A, n_det), "image": (1, H, W)}`` samples, generated
-batched in torch from the seed and kept in memory."""
+batched in torch from the seed and kept in memory.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 from src.config import to_plain
 from src.recon.fbp import fbp
 from src.recon.operators import ParallelBeamProjector
-from src.simulation.imaging import ImagingConfig
-from src.simulation.microstructure import MicrostructureConfig
-from src.simulation.sinograms import attenuation_unit, electrode_slices, random_ellipses, simulate_sinograms
+from src.simulation.sinograms import (
+    attenuation_unit,
+    electrode_slices,
+    random_ellipses,
+    simulate_sinograms,
+)
 
 __all__ = ["SinogramDataModule", "SinogramDataset"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from src.data.io.labels import check_label_values, map_label_values
 from src.data.io import list_images, natural_sort_key, read_image, validate_image
+from src.data.io.labels import check_label_values, map_label_values
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,11 @@ class SyntheticVolumeSet:
 
     def __call__(self) -> list[dict]:
         """Generate whatever is missing; return the paths of every volume (dicts from
-        :func:`~src.simulation.electrode_volumes.make_synthetic_volume`)."""
+        :func:`~src.simulation.electrode_volumes.make_synthetic_volume`).
+        """
+        from src.simulation.electrode_volumes import make_synthetic_volume
         from src.simulation.imaging import ImagingConfig
         from src.simulation.microstructure import MicrostructureConfig
-        from src.simulation.electrode_volumes import make_synthetic_volume
 
         shape = tuple(int(s) for s in self.shape)
         micro = MicrostructureConfig(shape=shape, **dict(self.microstructure))

@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.config import to_plain
-from src.simulation.imaging import ImagingConfig
 from src.data.io import atomic_output, to_jsonable
+from src.simulation.imaging import ImagingConfig
 from src.simulation.microstructure import MicrostructureConfig, generate_microstructure
 from src.simulation.xanes_scan import (
     DEFAULT_REFERENCE_DIR,
@@ -49,7 +49,8 @@ def simulate_xanes_volume(
     photons: float | None, input_indices: np.ndarray | None, with_clean: bool,
 ) -> dict[str, np.ndarray]:
     """One volume: ``input`` (E_in, z, y, x) at equal total dose, ``clean`` (E, z, y, x) or
-    empty, ``edge``, ``soc`` (z, y, x) and ``labels``."""
+    empty, ``edge``, ``soc`` (z, y, x) and ``labels``.
+    """
     micro = MicrostructureConfig(shape=tuple(shape), voxel_size_nm=voxel_size_nm)
     labels = generate_microstructure(micro, seed)
     members = load_end_members(sim.reference_dir, sim.edge_discharged_eV, sim.edge_charged_eV)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from src.data.transforms import DEFAULT_NORMALIZE, percentile_range
 from src.data.io import HDF5_SUFFIXES, TIFF_SUFFIXES, ImageReadError, natural_sort_key
+from src.data.transforms import DEFAULT_NORMALIZE, percentile_range
 
 ZARR_SUFFIXES = (".zarr", ".zarr/")
 Region = tuple[slice, ...]
