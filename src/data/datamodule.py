@@ -121,12 +121,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_set: TilePatchDataset | None = None
 
     def prepare_data(self) -> None:
+        """Run the configured preparation step (e.g. generate the volumes), if any."""
         if self.prepare is not None:
             self.prepare()
 
     def _load(self, images: PathSpec, labels: PathSpec, mapped: bool = True) -> list[LabelledVolume]:
-        """Read, check and normalise every pair (all checks run before any training starts);
-        ``mapped``: the label files use ``label_values`` / ``unlabelled_value``.
+        """Read, check and normalise every image/label pair.
+
+        All checks run before any training starts; ``mapped``: the label files use
+        ``label_values`` / ``unlabelled_value``.
         """
         volumes = []
         for image_path, label_path in pair_images_labels(images, labels):
@@ -150,6 +153,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the volumes and build the training and validation patch datasets (once)."""
         if self.train_set is not None:
             return
         train = self._load(self.images, self.labels)
@@ -173,13 +177,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Return the loader of random training patches, reseeded each epoch."""
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_set)),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=True,
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Validation tiles in order. With several processes each takes a disjoint share, none
+        """Return the loader of validation tiles, in order.
+
+        With several processes each takes a disjoint share, none
         padded or repeated (Lightning's default sampler would repeat tiles to even out the
         shares), so the confusion matrix reduced over processes equals one process's.
         """

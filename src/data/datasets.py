@@ -38,6 +38,7 @@ class LabelledVolume:
 
     @property
     def region_shape(self) -> tuple[int, ...]:
+        """Extent of the region along each axis."""
         return tuple(s.stop - s.start for s in self.region)
 
     def crop(self, region: Region) -> LabelledVolume:
@@ -74,7 +75,9 @@ def _used_axes(ndim: int, spatial_dims: int, slice_axes: Sequence[int]) -> set[i
 
 
 def _common_side(patch_size: int, extents: Sequence[int], size_multiple: int, names: Sequence[str]) -> int:
-    """Patch side: ``patch_size`` clipped to the smallest region extent, rounded down to
+    """Return the patch side shared by all patches.
+
+    ``patch_size`` clipped to the smallest region extent, rounded down to
     ``size_multiple`` (one shape for every patch, so patches batch together).
     """
     side = min([int(patch_size), *extents]) // size_multiple * size_multiple
@@ -149,7 +152,9 @@ class RandomPatchDataset(Dataset):
 
     @staticmethod
     def _weights(volumes: Sequence[LabelledVolume]) -> np.ndarray:
-        """Volume probabilities: by region size, then scaled so volumes with a ``weight``
+        """Return each volume's probability of being drawn.
+
+        By region size, then scaled so volumes with a ``weight``
         (e.g. replayed old labels) get that share of the draws in total.
         """
         sizes = np.array([np.prod(v.region_shape) for v in volumes], dtype=np.float64)
@@ -166,7 +171,9 @@ class RandomPatchDataset(Dataset):
         return p / p.sum()
 
     def _labelled_only(self, volumes: Sequence[LabelledVolume], seed: int) -> list[LabelledVolume]:
-        """Index the phases' voxels of every volume; drop (with a warning) those without any
+        """Index the phases' voxels of every volume and keep those with labelled voxels.
+
+        Drops (with a warning) those without any
         labelled voxel in their region, so the sampler never looks for a centre in them.
         """
         self.volumes = list(volumes)
@@ -200,7 +207,9 @@ class RandomPatchDataset(Dataset):
 
     def _start(self, rng: np.random.Generator, v: LabelledVolume, axes: tuple[int, ...],
                size: list[int]) -> tuple[list[int], np.ndarray | None]:
-        """Corner of the patch along ``axes`` (absolute coordinates), inside the region, and the
+        """Draw a patch corner and the centre voxel it was drawn around.
+
+        Corner of the patch along ``axes`` (absolute coordinates), inside the region, and the
         labelled centre voxel it was drawn around (None when not class-balanced).
         """
         lo = [v.region[a].start for a in axes]
@@ -305,6 +314,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the next iteration's order."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:

@@ -38,7 +38,9 @@ def check_class_names(reference: Sequence[str], other: Sequence[str], source: st
 
 
 class MixedSegmentationDataModule(SegmentationDataModule):
-    """:class:`~src.data.datamodule.SegmentationDataModule` over its own pairs (``images``,
+    """A segmentation DataModule that mixes its own pairs with extra labelled sources.
+
+    :class:`~src.data.datamodule.SegmentationDataModule` over its own pairs (``images``,
     ``labels``: e.g. the simulator's volumes) plus ``sources`` (e.g. real labelled slices).
 
     Args:
@@ -73,6 +75,7 @@ class MixedSegmentationDataModule(SegmentationDataModule):
             raise ValueError("data.weight and the sources' weights are all 0: nothing to train on")
 
     def setup(self, stage: str | None = None) -> None:
+        """Load every source and build the weighted training and the validation datasets (once)."""
         if self.train_set is not None:
             return
         groups = [(self.weight, self._load(self.images, self.labels))]

@@ -1,5 +1,6 @@
-"""Run the configured data's preparation (e.g. generate the synthetic volumes) without training:
-``python -m src.data.prepare [data=synthetic] [data.prepare.train_seeds=[0,1,2]]``.
+"""Run the configured data's preparation (e.g. generate the synthetic volumes) without training.
+
+Usage: ``python -m src.data.prepare [data=synthetic] [data.prepare.train_seeds=[0,1,2]]``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from src.config import CONFIG_DIR, setup_config_env
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
+    """Instantiate the configured DataModule and run its ``prepare_data``."""
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
 

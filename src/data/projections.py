@@ -175,9 +175,7 @@ def read_data_exchange(
             if key in fh and isinstance(fh[key], h5py.Dataset):
                 found[part] = fh[key]
             elif explicit[part]:
-                datasets: list[str] = []
-                fh.visititems(lambda name, obj: datasets.append(name)
-                              if isinstance(obj, h5py.Dataset) else None)
+                datasets = _dataset_names(fh)
                 raise KeyError(f"{path}: no dataset {key!r} ({part}); the file has "
                                f"{datasets[:12]}")
         arr = found["data"]
@@ -378,3 +376,12 @@ def open_scan(
         scan.close()
         raise
     return scan
+
+
+def _dataset_names(fh: Any) -> list[str]:
+    """The paths of every dataset in an open HDF5 file (for the error naming what is there)."""
+    import h5py
+
+    names: list[str] = []
+    fh.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names

@@ -1,5 +1,7 @@
-"""The DataModule of simulated sinograms (:mod:`src.simulation.sinograms`) for the learned
-reconstruction models: ``{"sinogram": (1, A, n_det), "image": (1, H, W)}`` samples, generated
+"""The DataModule of simulated sinograms for the learned reconstruction models.
+
+Sinograms from :mod:`src.simulation.sinograms`:
+``{"sinogram": (1, A, n_det), "image": (1, H, W)}`` samples, generated
 batched in torch from the seed and kept in memory.
 """
 
@@ -129,6 +131,7 @@ class SinogramDataModule(pl.LightningDataModule):
         return SinogramDataset(images, sinos)
 
     def setup(self, stage: str | None = None) -> None:
+        """Generate the training and validation sets (once)."""
         if self.train_set is not None:
             return
         base = 1000 * self.seed
@@ -146,11 +149,13 @@ class SinogramDataModule(pl.LightningDataModule):
         return fbp(sinograms[:, 0], self.projector, filter_name)[:, None]
 
     def train_dataloader(self) -> DataLoader:
+        """Return the shuffled (seeded) loader of training samples."""
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
                           num_workers=self.num_workers, drop_last=len(self.train_set) > self.batch_size,
                           generator=torch.Generator().manual_seed(self.seed),
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
+        """Return the loader of validation samples, in order."""
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers)

@@ -116,8 +116,9 @@ class SyntheticVolumeSet:
             self._randomizer = DomainRandomization(**to_plain(self.randomization))
 
     def __call__(self) -> list[dict]:
-        """Generate whatever is missing; return the paths of every volume (dicts from
-        :func:`~src.simulation.electrode_volumes.make_synthetic_volume`).
+        """Generate whatever is missing; return the paths of every volume.
+
+        The paths are dicts from :func:`~src.simulation.electrode_volumes.make_synthetic_volume`.
         """
         from src.simulation.electrode_volumes import make_synthetic_volume
         from src.simulation.imaging import ImagingConfig
@@ -142,7 +143,9 @@ def load_pair(
     label_values: Sequence[int] | None = None, unlabelled_value: int | None = None,
     ignore_index: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and check an image and its labels: finite, non-constant image; same shape; labels
+    """Read and check an image and its labels.
+
+    Checks: finite, non-constant image; same shape; labels
     within the phases. Returns the raw image (maybe memory-mapped) and labels as uint8.
 
     With ``ignore_index`` (sparse labels, scribbles) unlabelled voxels are allowed and come

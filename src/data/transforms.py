@@ -77,7 +77,9 @@ def training_augmentation(
     bias_field: float = 0.0,
     invert_prob: float = 0.0,
 ) -> mt.Compose:
-    """Random flips, 90° rotations, intensity scale/shift and Gaussian noise; optionally gamma
+    """Build the training augmentation of patches.
+
+    Random flips, 90° rotations, intensity scale/shift and Gaussian noise; optionally gamma
     (``gamma``: range, MONAI ``RandAdjustContrast``), Gaussian blur (``blur_sigma``: range of
     sigma in pixels), a smooth multiplicative bias field (``bias_field``: its coefficient range)
     and grey-value inversion with probability ``invert_prob``: the appearance changes the

@@ -48,7 +48,9 @@ def simulate_xanes_volume(
     seed: int, shape: Sequence[int], voxel_size_nm: float, sim: XanesSimConfig, imaging: ImagingConfig,
     photons: float | None, input_indices: np.ndarray | None, with_clean: bool,
 ) -> dict[str, np.ndarray]:
-    """One volume: ``input`` (E_in, z, y, x) at equal total dose, ``clean`` (E, z, y, x) or
+    """Simulate one XANES volume.
+
+    One volume: ``input`` (E_in, z, y, x) at equal total dose, ``clean`` (E, z, y, x) or
     empty, ``edge``, ``soc`` (z, y, x) and ``labels``.
     """
     micro = MicrostructureConfig(shape=tuple(shape), voxel_size_nm=voxel_size_nm)
@@ -108,8 +110,9 @@ class XanesSliceDataset(Dataset):
 
 
 class XanesDataModule(pl.LightningDataModule):
-    """Simulated XANES volumes for the denoiser (``target=clean``) and the edge-map net
-    (``target=edge``).
+    """Simulated XANES volumes for the denoiser and the edge-map net.
+
+    The denoiser uses ``target=clean``, the edge-map net ``target=edge``.
 
     Args:
         shape: volume shape (z, y, x); ``voxel_size_nm``: voxel edge.
@@ -154,6 +157,7 @@ class XanesDataModule(pl.LightningDataModule):
 
     @property
     def input_energies(self) -> np.ndarray:
+        """The energies fed to the net."""
         return self.energies[self.input_indices]
 
     def _key(self, seed: int) -> str:
@@ -178,10 +182,12 @@ class XanesDataModule(pl.LightningDataModule):
         return vol
 
     def prepare_data(self) -> None:
+        """Simulate (and cache) every training and validation volume."""
         for s in [*self.hparams.train_seeds, *self.hparams.val_seeds]:
             self.volume(s)
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training and validation slice datasets (once)."""
         if self.train_set is not None:
             return
         h = self.hparams
@@ -191,11 +197,13 @@ class XanesDataModule(pl.LightningDataModule):
         self.val_set = XanesSliceDataset(val, None, None, h.input_scale)
 
     def train_dataloader(self) -> DataLoader:
+        """Return the shuffled (seeded) loader of training slices."""
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
                           num_workers=self.hparams.num_workers, drop_last=True,
                           generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def val_dataloader(self) -> DataLoader:
+        """Return the loader of validation slices, in order."""
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers)
 

@@ -210,7 +210,7 @@ def open_volume(spec: str | os.PathLike[str] | np.ndarray, key: str | None = Non
 def _check_dtype(source: VolumeSource) -> VolumeSource:
     """Grey volumes are real numbers: complex (or non-numeric) data is refused, naming the file."""
     dtype = np.dtype(source.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == bool):
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.dtype(bool)):
         source.close()
         raise ImageReadError(f"{source.name}: grey values must be real numbers, got dtype {dtype}"
                              + (" (complex: take np.abs or the real part first)"
@@ -431,4 +431,5 @@ def remove_output(path: Path) -> None:
 
 
 def output_exists(path: Path) -> bool:
+    """Whether an output (finished, or a partial TIFF one) exists at ``path``."""
     return path.exists() or (output_kind(path) == "tiff" and tiff_partial(path).exists())
