@@ -412,6 +412,7 @@ def compute_statistics(
         solved = timed("tortuosity", finish, total=len(tasks))
         if solving.background:  # its time: from the start of the solves, overlapping the others
             timings["tortuosity"] = time.perf_counter() - tort_start
+            log.info("tortuosity (overlapping the others): %.1f s", timings["tortuosity"])
         stats["tortuosity"] = {name: {} for name in tort_members}
         for (name, a), res in zip(tasks, solved, strict=True):
             stats["tortuosity"][name][AXIS_NAMES[a]] = res
