@@ -10,7 +10,8 @@ solvers give the same answer:
 
 * ``solver="amg"`` (CPU default): the symmetric positive-definite system on the voxels of the
   clusters that touch both faces, solved by conjugate gradients preconditioned with algebraic
-  multigrid (pyamg, plain aggregation; float32 operators) to a relative residual of ``rtol``;
+  multigrid (pyamg: plain aggregation, W-cycles, forward/backward Gauss-Seidel; float32
+  operators) to a relative residual of ``rtol``;
 * ``solver="taufactor"``: taufactor's over-relaxed Jacobi iteration, the peer, and the fast one
   on a GPU (``device="auto"`` picks it when CUDA is present).
 """
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 TORTUOSITY_SOLVERS = ("auto", "amg", "taufactor")
 
 AXIS_NAMES: tuple[str, ...] = ("z", "y", "x")
+
+#: the AMG cycle's pre- and post-smoother: forward then backward Gauss-Seidel (symmetric overall)
+SMOOTHER = (("gauss_seidel", {"sweep": "forward"}), ("gauss_seidel", {"sweep": "backward"}))
 
 
 def percolating_fraction(mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> dict[str, float]:
@@ -77,32 +81,42 @@ def through_clusters(mask: np.ndarray, axis: int) -> np.ndarray:
     return table[clusters]
 
 
+def _shifted(index: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``index`` of each voxel's neighbour at ``step`` (±1) along ``axis``; -1 past the border."""
+    out = np.full(index.shape, -1, index.dtype)
+    src, dst = [slice(None)] * 3, [slice(None)] * 3
+    src[axis], dst[axis] = (slice(1, None), slice(0, -1)) if step > 0 else (slice(0, -1), slice(1, None))
+    out[tuple(dst)] = index[tuple(src)]
+    return out
+
+
 def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
     """The finite-volume system ``A c = b`` on the voxels of ``keep`` (bool, axis 0 = flow).
 
-    Face concentrations 0 (first layer) and 1 (last layer). Returns ``A`` (CSR, float32), ``b``
+    Face concentrations 0 (first layer) and 1 (last layer). The CSR rows are written directly,
+    their columns already sorted (in raster order the neighbours -z, -y, -x, the voxel, +x, +y,
+    +z have increasing indices), with no coordinate sort. Returns ``A`` (CSR, float32), ``b``
     and the unknown indices of the first and last layers.
     """
     n = int(keep.sum())
-    index = np.full(keep.shape, -1, np.int32 if n < 2**31 - 1 else np.int64)
-    index[keep] = np.arange(n, dtype=index.dtype)
-    rows, cols = [], []
-    for d in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[d], hi[d] = slice(0, -1), slice(1, None)
-        both = keep[tuple(lo)] & keep[tuple(hi)]
-        rows.append(index[tuple(lo)][both])
-        cols.append(index[tuple(hi)][both])
-    r, c = np.concatenate(rows), np.concatenate(cols)
+    itype = np.int32 if 7 * n < 2**31 - 1 else np.int64
+    index = np.full(keep.shape, -1, itype)
+    index[keep] = np.arange(n, dtype=itype)
+    cols = np.empty((n, 7), itype)
+    for k, (axis, step) in enumerate(((0, -1), (1, -1), (2, -1), (None, 0), (2, 1), (1, 1), (0, 1))):
+        cols[:, k] = np.arange(n, dtype=itype) if axis is None else _shifted(index, axis, step)[keep]
+    valid = cols >= 0
+    per_row = valid.sum(axis=1)
+    data = np.where(valid, np.float32(-1.0), np.float32(0.0))
     first, last = index[0][keep[0]], index[-1][keep[-1]]
-    diag = (np.bincount(r, minlength=n) + np.bincount(c, minlength=n)).astype(np.float32)
-    diag[first] += 2.0
+    diag = (per_row - 1).astype(np.float32)  # unit conductance to each phase neighbour
+    diag[first] += 2.0  # and 2 to the face half a voxel away
     diag[last] += 2.0
-    ar = np.arange(n, dtype=index.dtype)
-    a = sparse.csr_matrix(
-        (np.concatenate([np.full(2 * r.size, -1.0, np.float32), diag]),
-         (np.concatenate([r, c, ar]), np.concatenate([c, r, ar]))), shape=(n, n))
+    data[:, 3] = diag
+    indptr = np.zeros(n + 1, itype)
+    np.cumsum(per_row, out=indptr[1:])
+    a = sparse.csr_matrix((data[valid], cols[valid], indptr), shape=(n, n))
+    a.has_sorted_indices = True
     b = np.zeros(n, np.float32)
     b[last] = 2.0
     return a, b, first, last
@@ -121,8 +135,12 @@ def _tortuosity_amg(mask: np.ndarray, keep: np.ndarray, rtol: float, iter_limit:
     start = time.perf_counter()
     a, b, first, last = _conduction_system(keep)
     built = time.perf_counter()
-    ml = pyamg.smoothed_aggregation_solver(a, symmetry="symmetric", smooth=None,
-                                           improve_candidates=None, max_coarse=1000)
+    # plain aggregation (its setup is cheap), forward Gauss-Seidel before and backward after (a
+    # symmetric cycle: CG needs one) and W-cycles: on the 256^3 electrode 23 iterations of 1.1 s
+    # against 41 of 1.1 s with pyamg's default V-cycle, at the same tau (see docs/statistics.md)
+    ml = pyamg.smoothed_aggregation_solver(a, symmetry="symmetric", smooth=None, improve_candidates=None,
+                                           max_coarse=1000, presmoother=SMOOTHER[0],
+                                           postsmoother=SMOOTHER[1])
     x0 = np.zeros_like(b)  # a linear field along the axis: the answer of a straight channel
     length = mask.shape[0]
     x0[:] = ((np.nonzero(keep)[0] + 0.5) / length).astype(np.float32)
@@ -137,7 +155,7 @@ def _tortuosity_amg(mask: np.ndarray, keep: np.ndarray, rtol: float, iter_limit:
                 bar.update(round(max(done - bar.n, 0.0), 2))
 
         x = ml.solve(b, x0=x0, tol=rtol, accel="cg", maxiter=iter_limit, residuals=residuals,
-                     callback=step)
+                     callback=step, cycle="W")
     flux_in = 2.0 * float(x[first].astype(np.float64).sum())
     flux_out = 2.0 * float((1.0 - x[last].astype(np.float64)).sum())
     flux = 0.5 * (flux_in + flux_out)
