@@ -95,7 +95,27 @@ def phase_surface(
     mesh = smoothed_mesh(labels == phase, sigma)
     if mesh is None:
         return PhaseSurface(0.0, np.zeros(n_phases))
-    verts, faces, _ = mesh
+    verts, faces, field = mesh
+    del field
+    total, to_phase = 0.0, np.zeros(n_phases)
+    # triangles in blocks: the per-triangle temporaries (corners, centroids, normals, indices:
+    # ~200 bytes a triangle) stay bounded however large the mesh (a 1024^2 x 46 slab has ~10^7)
+    for lo in range(0, faces.shape[0], TRIANGLE_BLOCK):
+        area, neighbour = _triangle_neighbours(labels, verts, faces[lo:lo + TRIANGLE_BLOCK], phase, z_window)
+        total += float(area.sum())
+        to_phase += np.bincount(neighbour, weights=area, minlength=n_phases)[:n_phases]
+    return PhaseSurface(total, to_phase)
+
+
+#: triangles handled at a time by :func:`phase_surface`
+TRIANGLE_BLOCK = 1 << 20
+
+
+def _triangle_neighbours(
+    labels: np.ndarray, verts: np.ndarray, faces: np.ndarray, phase: int,
+    z_window: tuple[float, float, bool] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Area (F',) and neighbouring phase (F',) of the triangles of ``faces`` kept by the windows."""
     a, b, c = (verts[faces[:, k]] for k in range(3))
     centroid = (a + b + c) / 3.0
     # the mesh runs one voxel past the array faces: keep triangles inside the voxels' extent
@@ -104,19 +124,19 @@ def phase_surface(
         lo, hi, inclusive = z_window
         z = centroid[:, 0]
         inside &= (z >= lo) & ((z <= hi) if inclusive else (z < hi))
-    cross = np.cross(b[inside] - a[inside], c[inside] - a[inside])
+    a, b, c, centroid = a[inside], b[inside], c[inside], centroid[inside]
+    cross = np.cross(b - a, c - a)
+    del a, b, c
     norm = np.linalg.norm(cross, axis=1)
     keep = norm > 0
-    centroid, norm = centroid[inside][keep], norm[keep]
+    centroid, norm = centroid[keep], norm[keep]
     # skimage's winding (gradient_direction="descent") makes (b - a) × (c - a) point into the
     # high-indicator side, i.e. into the phase: the outward normal is its opposite
     normal = cross[keep] / -norm[:, None]
-    area = 0.5 * norm
     upper = np.array(labels.shape) - 1
     neighbour = np.full(centroid.shape[0], phase, dtype=np.int64)
     for step in (1.0, 2.0):
         todo = neighbour == phase
         idx = np.clip(np.rint(centroid[todo] + step * normal[todo]), 0, upper).astype(np.intp)
         neighbour[todo] = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
-    to_phase = np.bincount(neighbour, weights=area, minlength=n_phases)[:n_phases]
-    return PhaseSurface(float(area.sum()), to_phase)
+    return 0.5 * norm, neighbour
