@@ -26,6 +26,9 @@ __all__ = ["SURFACE_SIGMA", "PhaseSurface", "mesh_area_volume", "phase_surface",
 # ±30 % between sigma 0.5 and 1.
 SURFACE_SIGMA = 0.8
 
+#: triangles handled at a time by :func:`phase_surface`
+TRIANGLE_BLOCK = 1 << 20
+
 
 @dataclass
 class PhaseSurface:
@@ -95,8 +98,8 @@ def phase_surface(
     mesh = smoothed_mesh(labels == phase, sigma)
     if mesh is None:
         return PhaseSurface(0.0, np.zeros(n_phases))
-    verts, faces, field = mesh
-    del field
+    verts, faces = mesh[0], mesh[1]
+    del mesh  # the smoothed field: not needed while the triangles are processed
     total, to_phase = 0.0, np.zeros(n_phases)
     # triangles in blocks: the per-triangle temporaries (corners, centroids, normals, indices:
     # ~200 bytes a triangle) stay bounded however large the mesh (a 1024^2 x 46 slab has ~10^7)
@@ -105,10 +108,6 @@ def phase_surface(
         total += float(area.sum())
         to_phase += np.bincount(neighbour, weights=area, minlength=n_phases)[:n_phases]
     return PhaseSurface(total, to_phase)
-
-
-#: triangles handled at a time by :func:`phase_surface`
-TRIANGLE_BLOCK = 1 << 20
 
 
 def _triangle_neighbours(

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from src.analysis.parallel import fork_start
@@ -107,7 +108,7 @@ def _conduction_system(keep: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray,
         cols[:, k] = np.arange(n, dtype=itype) if axis is None else _shifted(index, axis, step)[keep]
     valid = cols >= 0
     per_row = valid.sum(axis=1)
-    data = np.where(valid, np.float32(-1.0), np.float32(0.0))
+    data = np.full((n, 7), -1.0, np.float32)  # entries past the border are dropped with ``valid``
     first, last = index[0][keep[0]], index[-1][keep[-1]]
     diag = (per_row - 1).astype(np.float32)  # unit conductance to each phase neighbour
     diag[first] += 2.0  # and 2 to the face half a voxel away
@@ -154,8 +155,11 @@ def _tortuosity_amg(mask: np.ndarray, keep: np.ndarray, rtol: float, iter_limit:
                 done = min(digits, -math.log10(max(residuals[-1] / residuals[0], 1e-300)))
                 bar.update(round(max(done - bar.n, 0.0), 2))
 
-        x = ml.solve(b, x0=x0, tol=rtol, accel="cg", maxiter=iter_limit, residuals=residuals,
-                     callback=step, cycle="W")
+        # one BLAS thread (the coarse level's dense solve is the only BLAS call, and small): the
+        # same answer to the last bit in this process and in tortuosity_many's workers
+        with threadpool_limits(1, user_api="blas"):
+            x = ml.solve(b, x0=x0, tol=rtol, accel="cg", maxiter=iter_limit, residuals=residuals,
+                         callback=step, cycle="W")
     flux_in = 2.0 * float(x[first].astype(np.float64).sum())
     flux_out = 2.0 * float((1.0 - x[last].astype(np.float64)).sum())
     flux = 0.5 * (flux_in + flux_out)
