@@ -13,11 +13,18 @@ per class) on ``--scribble`` slices of it and scored on its other slices (``--te
    ``--regions`` regions of each slice (``--fraction2`` of the pixels) and the adapted CNN is
    fine-tuned again on both rounds; the same with as many *random* regions is the control.
 
+``--ceiling`` adds what the same two slices give with their *dense* labels (the forest and the
+adapted CNN), the ceiling that scribbles on them can approach. ``--simulate`` replaces the
+shared slices by slices of a simulated electrode imaged with settings the plain simulator's
+nets never saw (:data:`SHIFTED`), where the labels follow one rule everywhere.
+
 Every CNN run goes through ``train.py`` / ``evaluate.py`` (subprocesses), so what is measured
 is what a user runs; adaptation times are wall-clock seconds of the whole ``train.py`` call.
 
     python benchmarks/scribbles.py --data-dir ../shared/data/segmentpy-nmc \\
-        --base-train 1,200,103,510,929 --scribble 394,546 --test 698 --out logs/scribbles
+        --base-train 1,200,400,103,510,929,1098 --scribble 394,546 --test 698 --ceiling --out logs/scribbles
+    python benchmarks/scribbles.py --simulate --base logs/train/synthetic_lrcsnet/checkpoints/best.ckpt \\
+        --scribble 8,40 --test 24,56,72,88 --replay-weight 0 --ceiling --out logs/scribbles_sim
 
 Writes ``scribbles.csv``, ``scribbles.md`` and ``scribbles.json`` into ``--out`` and prints
 the table. Finished runs are reused (delete their folder to redo them).
@@ -50,6 +57,30 @@ from src.simulation.scribbles import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["NMC", "CBD", "pore"]
+#: ``--simulate``: a new electrode (seed 500) imaged unlike the plain simulator's training data
+#: (fewer photons, stronger blur and halo, CBD nearer NMC's grey, a smooth field and gamma)
+SHIFTED = {"photons": 2000.0, "detector_blur_px": 1.5, "halo_strength": 1.6, "halo_sigma_px": 4.0,
+           "attenuation": (0.02, 0.011, 0.001), "field_strength": 0.15, "field_sigma_px": 40.0, "gamma": 1.3}
+SIM_SHAPE = (96, 256, 256)
+
+
+def simulated_slices(folder: Path) -> Path:
+    """Write the z slices of a simulated, :data:`SHIFTED`-imaged electrode as ``z.tif`` /
+    ``z_label.tif`` into ``folder`` (reused when present); returns the folder."""
+    from src.simulation.electrode_volumes import make_synthetic_volume
+    from src.simulation.imaging import ImagingConfig
+    from src.simulation.microstructure import MicrostructureConfig
+
+    if (folder / "done").is_file():
+        return folder
+    paths = make_synthetic_volume(folder / "volume", 500, MicrostructureConfig(shape=SIM_SHAPE),
+                                  ImagingConfig(**SHIFTED), name="shifted_seed500")
+    image, label = read_image(paths["image"]), read_image(paths["label"])
+    for z in range(image.shape[0]):
+        write_tiff(folder / f"{z}.tif", np.asarray(image[z], np.float32))
+        write_tiff(folder / f"{z}_label.tif", np.asarray(label[z], np.uint8))
+    write_text(folder / "done", "")
+    return folder
 
 
 def run(args: list[str], log: Path) -> float:
@@ -184,10 +215,14 @@ def main() -> None:
     p.add_argument("--adapt", nargs="*", default=[], help="extra overrides of the adaptation runs")
     p.add_argument("--replay-weight", type=float, default=0.3,
                    help="an extra row: round 1 with the base training slices replayed (this share of patches; 0: no row)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="extra rows: the forest and the adapted CNN on the dense labels of the scribbled slices")
+    p.add_argument("--simulate", action="store_true",
+                   help="slices of a simulated electrode imaged with SHIFTED settings instead of --data-dir")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "scribbles")
     args = p.parse_args()
 
-    d = args.data_dir
+    d = simulated_slices(args.out.resolve() / "data") if args.simulate else args.data_dir
     if not d.is_dir():
         raise SystemExit(f"--data-dir {d} does not exist (the shared SegmentPy slices)")
     out = args.out.resolve()
@@ -250,6 +285,15 @@ def main() -> None:
         ckpt_r, s_r = adapt(out / "adapt_round1_replay", base, scrib_images, round1, [*replay_opts, *args.adapt])
         add({"method": f"adapted CNN + replay of the old labels ({args.replay_weight:g})", "scribbled_pct": pct1,
                      "seconds": s_r, **scores(evaluate(out / "eval_round1_replay", ckpt_r, test_images, test_labels))})
+
+    if args.ceiling:
+        dense = [d / f"{n}_label.tif" for n in scrib_names]
+        forest_d, forest_ds = forest_scores(scrib_images, [read_image(x) for x in dense], test_images, test_labels)
+        add({"method": "ceiling: forest on the dense labels", "scribbled_pct": 100.0, "seconds": forest_ds, **forest_d})
+        ckpt_d, s_d = adapt(out / "adapt_dense", base, scrib_images, dense,
+                            ["data.label_values=null", "data.unlabelled_value=null", *args.adapt])
+        add({"method": "ceiling: CNN adapted on the dense labels", "scribbled_pct": 100.0, "seconds": s_d,
+             **scores(evaluate(out / "eval_dense", ckpt_d, test_images, test_labels))})
 
     write_outputs(out, rows, base, scrib_names, test_names, args.adapt, final=True)
 

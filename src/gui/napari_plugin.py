@@ -107,7 +107,7 @@ class ScribbleWidget(_container_base()):  # type: ignore[misc]
         self.volume_path = FileEdit(label="volume", mode="r")
         self.checkpoint = FileEdit(label="checkpoint", mode="r", value=str(checkpoint or ""))
         self.open_button = PushButton(text="open volume")
-        self.epochs = SpinBox(label="epochs", value=6, min=1, max=100)
+        self.epochs = SpinBox(label="epochs", value=18, min=1, max=100)  # experiment=adapt_scribbles
         self.tta = CheckBox(label="TTA uncertainty", value=True)
         self.adapt_button = PushButton(text="adapt")
         self.predict_button = PushButton(text="predict")
