@@ -39,6 +39,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     log.info("data: %s", cfg.data._target_)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    if cfg.get("init_from") and not Path(cfg.init_from).is_file():
+        from src.models.checkpoint import CheckpointNotFoundError
+
+        raise CheckpointNotFoundError(
+            f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "
+            "config's header names the command), point init_from at your checkpoint, or set init_from=null")
     if cfg.get("init_from") and cfg.get("net_from_init"):  # fine-tune exactly the checkpoint's net
         from src.models.checkpoint import checkpoint_net_config
 
@@ -46,15 +52,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
     if cfg.get("init_from"):
-        from src.models.checkpoint import CheckpointNotFoundError, load_pretrained_weights
+        from src.models.checkpoint import load_pretrained_weights
 
-        try:
-            n = load_pretrained_weights(model, cfg.init_from, reinit_head=bool(cfg.get("reinit_head", False)))
-        except CheckpointNotFoundError as err:
-            raise CheckpointNotFoundError(
-                f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "
-                "config's header names the command), point init_from at your checkpoint, or set init_from=null"
-            ) from err
+        n = load_pretrained_weights(model, cfg.init_from, reinit_head=bool(cfg.get("reinit_head", False)))
         log.info("network starts from %s (%d tensors; fine-tuning)", cfg.init_from, n)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -12,11 +12,11 @@ def test_tiny_generalist_fit(tmp_path):
     data = tmp_path / "randomized"
     overrides = [
         "experiment=synthetic_generalist", "logger=csv",
-        f"data.prepare.out_dir={data}", "data.prepare.shape=[20,32,32]", "data.prepare.randomization.imaging.n_angles=[16,48]",
+        f"data.prepare.out_dir={data}", "data.prepare.shape=[48,32,32]", "data.prepare.randomization.imaging.n_angles=[16,48]",
         "data.prepare.train_seeds=[0,1]", "data.prepare.test_seeds=[]",
         "+data.prepare.progress=false",
         f"data.images={data}/train_s*_image.tif", f"data.labels={data}/train_s*_label.tif",
-        "data.patch_size=16", "data.samples_per_epoch=8", "data.batch_size=4", "data.val_max_tiles=4",
+        "data.patch_size=32", "data.samples_per_epoch=8", "data.batch_size=4", "data.val_max_tiles=4",
         "trainer.max_epochs=1", "trainer.max_time=null", "trainer.enable_model_summary=false",
         "trainer.log_every_n_steps=1", f"paths.output_dir={tmp_path}/run", f"paths.log_dir={tmp_path}/logs",
     ]
