@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 __all__ = ["ScribbleWidget", "predict_with_uncertainty", "read_volume", "write_scribbled_slices"]
 
 
+def _default_epochs() -> int:
+    """``trainer.max_epochs`` of ``experiment=adapt_scribbles`` (the widget's starting value)."""
+    from omegaconf import OmegaConf
+
+    from src.config import CONFIG_DIR
+
+    return int(OmegaConf.load(CONFIG_DIR / "experiment" / "adapt_scribbles.yaml").trainer.max_epochs)
+
+
 def read_volume(path: str | Path) -> np.ndarray:
     """A grey 2D/3D image from a file any reader of the project opens (TIFF, npy, Zarr, HDF5)."""
     path = Path(path)
@@ -107,7 +116,7 @@ class ScribbleWidget(_container_base()):  # type: ignore[misc]
         self.volume_path = FileEdit(label="volume", mode="r")
         self.checkpoint = FileEdit(label="checkpoint", mode="r", value=str(checkpoint or ""))
         self.open_button = PushButton(text="open volume")
-        self.epochs = SpinBox(label="epochs", value=18, min=1, max=100)  # experiment=adapt_scribbles
+        self.epochs = SpinBox(label="epochs", value=_default_epochs(), min=1, max=100)
         self.tta = CheckBox(label="TTA uncertainty", value=True)
         self.adapt_button = PushButton(text="adapt")
         self.predict_button = PushButton(text="predict")
