@@ -36,15 +36,15 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; return the final callback metrics (floats)."""
-    pl.seed_everything(cfg.seed, workers=True)
-    log.info("data: %s", cfg.data._target_)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if cfg.get("init_from") and not Path(cfg.init_from).is_file():
         from src.models.checkpoint import CheckpointNotFoundError
 
         raise CheckpointNotFoundError(
             f"init_from={cfg.init_from} does not exist: run the pretraining first (the experiment "
             "config's header names the command), point init_from at your checkpoint, or set init_from=null")
+    pl.seed_everything(cfg.seed, workers=True)
+    log.info("data: %s", cfg.data._target_)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if cfg.get("init_from") and cfg.get("net_from_init"):  # fine-tune exactly the checkpoint's net
         from src.models.checkpoint import checkpoint_net_config
 
