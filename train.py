@@ -46,9 +46,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("data: %s", cfg.data._target_)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     if cfg.get("init_from") and cfg.get("net_from_init"):  # fine-tune exactly the checkpoint's net
-        from src.models.checkpoint import checkpoint_net_config
+        from src.models.checkpoint import use_checkpoint_net
 
-        cfg.model.net = OmegaConf.create(checkpoint_net_config(cfg.init_from, len(cfg.data.class_names)))
+        use_checkpoint_net(cfg)
     log.info("model: %s (%s)", cfg.model.name, cfg.model.net._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
     if cfg.get("init_from"):

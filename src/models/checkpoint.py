@@ -251,3 +251,21 @@ def checkpoint_net_config(path: str | Path, num_classes: int | None = None) -> d
             if key in net:
                 net[key] = int(num_classes)
     return net
+
+
+def use_checkpoint_net(cfg: Any) -> None:
+    """Make a run's model config rebuild its ``init_from`` checkpoint's net (``net_from_init=true``).
+
+    Sets ``cfg.model.net`` to the stored network config (head sized for ``cfg.data.class_names``)
+    and ``cfg.model.name`` to the stored model name, so the new checkpoint names the net it holds.
+
+    Args:
+        cfg: a composed train config (an omegaconf ``DictConfig``) with ``init_from`` set; changed in place.
+    """
+    from omegaconf import OmegaConf
+
+    cfg.model.net = OmegaConf.create(checkpoint_net_config(cfg.init_from, len(cfg.data.class_names)))
+    hp = read_checkpoint(Path(cfg.init_from)).get("hyper_parameters", {})
+    name = hp.get("name") if isinstance(hp, dict) else None
+    if name and "name" in cfg.model:
+        cfg.model.name = str(name)

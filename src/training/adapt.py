@@ -64,13 +64,11 @@ def adapt_to_scribbles(init_from: str | Path, images: Sequence[str | Path], scri
         f"paths.log_dir={output_dir.resolve()}/logs", f"reinit_head={bool(reinit_head)}",
         "callbacks.progress_bar=null", *overrides])
     pl.seed_everything(cfg.seed, workers=True)
-    from omegaconf import OmegaConf
-
-    from src.models.checkpoint import checkpoint_net_config
+    from src.models.checkpoint import use_checkpoint_net
 
     datamodule = hydra.utils.instantiate(cfg.data)
     if cfg.get("net_from_init"):
-        cfg.model.net = OmegaConf.create(checkpoint_net_config(cfg.init_from, len(cfg.data.class_names)))
+        use_checkpoint_net(cfg)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     n = load_pretrained_weights(model, cfg.init_from, reinit_head=bool(cfg.reinit_head))
     log.info("adapting %s (%d tensors) to %d scribbled images", init_from, n, len(images))

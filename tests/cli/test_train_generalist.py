@@ -31,6 +31,15 @@ def test_tiny_generalist_fit(tmp_path):
         assert params[0]["imaging"][key] != params[1]["imaging"][key], key
     assert 100 <= params[0]["imaging"]["photons"] <= 1e5
     assert params[0]["microstructure"]["voxel_size_nm"] != params[1]["microstructure"]["voxel_size_nm"]
+    # fine-tuning with net_from_init rebuilds the checkpoint's net and takes its model name too
+    from src.models.checkpoint import use_checkpoint_net
+
+    ft = compose("train", ["experiment=segmentpy_generalist", "logger=none",
+                           f"init_from={tmp_path}/run/checkpoints/best.ckpt"])
+    assert ft.model.name == "lrcsnet"  # the recipe's own model group
+    use_checkpoint_net(ft)
+    assert ft.model.name == cfg.model.name == "monai_basicunet"
+    assert ft.model.net._target_ == cfg.model.net._target_ and ft.model.net.out_channels == 3
 
 
 def test_generalist_init_from_absent_is_a_clear_error(tmp_path):
