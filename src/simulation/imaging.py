@@ -35,6 +35,9 @@ class ImagingConfig:
     n_angles: int = 181  # equally spaced over [0, pi)
     photons: float = 10000.0  # incident photons per detector pixel in the flat field (Poisson)
     attenuation: tuple[float, ...] = (0.02, 0.005, 0.0005)  # 1/voxel, per label (NMC, CBD, pore)
+    nmc_density_std: float = 0.0  # relative std of NMC's attenuation (grain/density variation)
+    cbd_density_std: float = 0.0  # relative std of CBD's attenuation (sub-voxel nano-porosity)
+    density_sigma_px: float = 1.0  # correlation length of those density fields
     detector_blur_px: float = 0.8  # Gaussian sigma on the detector
     halo_strength: float = 0.8  # Zernike halo: p + s (p - G_sigma p)
     halo_sigma_px: float = 3.0
@@ -53,7 +56,8 @@ class ImagingConfig:
             raise ValueError(f"imaging.n_angles must be >= 2, got {self.n_angles}")
         if self.photons <= 0:
             raise ValueError(f"imaging.photons must be > 0, got {self.photons}")
-        for key in ("detector_blur_px", "halo_sigma_px", "ring_strength", "cupping", "field_strength"):
+        for key in ("detector_blur_px", "halo_sigma_px", "ring_strength", "cupping", "field_strength",
+                    "nmc_density_std", "cbd_density_std", "density_sigma_px"):
             if getattr(self, key) < 0:
                 raise ValueError(f"imaging.{key} must be >= 0, got {getattr(self, key)}")
         if self.gamma <= 0 or self.field_sigma_px <= 0:
@@ -66,12 +70,27 @@ def _pad_for_cylinder(ny: int, nx: int) -> int:
     return max(0, math.ceil(math.hypot(ny, nx) / 2 - min(ny, nx) / 2) + 2)
 
 
-def _sample(labels: np.ndarray, cfg: ImagingConfig, pad: int) -> np.ndarray:
-    """Attenuation ``(z, y + 2 pad, x + 2 pad)`` float32: mirror-padded, zero outside the cylinder."""
+def _sample(labels: np.ndarray, cfg: ImagingConfig, pad: int, seed: int) -> np.ndarray:
+    """Attenuation ``(z, y + 2 pad, x + 2 pad)`` float32: mirror-padded, zero outside the cylinder.
+
+    Each phase has its ``attenuation``; with ``nmc_density_std`` / ``cbd_density_std`` > 0 the
+    NMC (label 0) and CBD (label 1) voxels are scaled by ``1 + std * f`` (clipped at 0), where ``f``
+    is a unit-variance Gaussian random field of correlation length ``density_sigma_px``: real
+    CBD is a nano-porous mixture whose grey is mottled, not one constant.
+    """
     lut = np.asarray(cfg.attenuation, np.float32)
     if labels.max(initial=0) >= lut.size:
         raise ValueError(f"label {labels.max()} has no attenuation (got {lut.size} phases)")
-    return embed_in_cylinder(lut[labels], pad)
+    mu = lut[labels]
+    stds = np.zeros(lut.size, np.float32)
+    stds[:2] = (cfg.nmc_density_std, cfg.cbd_density_std)[: min(2, lut.size)]
+    if stds.any():  # own stream: the noise and gain draws stay those of a constant phantom
+        rng = np.random.default_rng([int(seed), 7_3401])
+        field = ndimage.gaussian_filter(rng.standard_normal(labels.shape, dtype=np.float32),
+                                        cfg.density_sigma_px, mode="wrap")
+        field /= field.std() + np.float32(1e-12)
+        mu *= np.clip(1 + stds[labels] * field, 0, None)
+    return embed_in_cylinder(mu, pad)
 
 
 def embed_in_cylinder(volume: np.ndarray, pad: int) -> np.ndarray:
@@ -172,7 +191,7 @@ def simulate_tomography(
     rng = np.random.default_rng(seed)
     nz, ny, nx = labels.shape
     pad = _pad_for_cylinder(ny, nx) if cfg.pad_px is None else int(cfg.pad_px)
-    mu = _sample(labels, cfg, pad)
+    mu = _sample(labels, cfg, pad, seed)
     h, w = mu.shape[1:]
     op = _projector(h, w, cfg.n_angles)
     chunks = [slice(z, min(z + cfg.chunk_slices, nz)) for z in range(0, nz, cfg.chunk_slices)]

@@ -39,7 +39,8 @@ _NON_NEGATIVE = {"photons", "detector_blur_px", "halo_sigma_px", "ring_strength"
                  "radius_min_nm", "cracked_fraction", "crack_width_vox", "cbd_bridge_nm",
                  "cbd_texture_nm", "cbd_texture_strength", "cbd_patch_nm", "cbd_patch_strength",
                  "nmc_fraction", "cbd_fraction", "overlap_max", "contact_probability",
-                 "ellipsoid_aspect_max", "cracks_max"}
+                 "ellipsoid_aspect_max", "cracks_max", "nmc_density_std", "cbd_density_std",
+                 "density_sigma_px"}
 #: drawn uniformly in log space by default (scale parameters)
 DEFAULT_LOG_UNIFORM: tuple[str, ...] = ("photons", "gamma", "voxel_size_nm", "radius_median_nm")
 

@@ -27,7 +27,7 @@ def test_tiny_generalist_fit(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     params = [json.loads((data / f"train_s{s}.json").read_text())["parameters"] for s in (0, 1)]
     # each volume drew its own imaging and microstructure from the configured ranges
-    for key in ("photons", "n_angles", "gamma", "halo_strength", "attenuation"):
+    for key in ("photons", "n_angles", "gamma", "halo_strength", "attenuation", "cbd_density_std"):
         assert params[0]["imaging"][key] != params[1]["imaging"][key], key
     assert 100 <= params[0]["imaging"]["photons"] <= 1e5
     assert params[0]["microstructure"]["voxel_size_nm"] != params[1]["microstructure"]["voxel_size_nm"]

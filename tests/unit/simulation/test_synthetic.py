@@ -78,6 +78,23 @@ def test_imaging_output_and_phase_order(small_labels: np.ndarray) -> None:
     np.testing.assert_array_equal(grey, simulate_tomography(small_labels, FAST_IMAGING, seed=0))
 
 
+def test_phase_density_texture(small_labels: np.ndarray) -> None:
+    """cbd_density_std mottles CBD's grey (nano-porosity) and leaves the noise draws alone."""
+    from dataclasses import replace
+
+    noiseless = replace(FAST_IMAGING, photons=1e9, ring_strength=0.0, halo_strength=0.0, detector_blur_px=0.0)
+    inner = {k: ndimage.binary_erosion(small_labels == k, iterations=2) for k in range(3)}
+    flat = simulate_tomography(small_labels, noiseless, seed=0)
+    mottled = simulate_tomography(small_labels, replace(noiseless, cbd_density_std=0.5), seed=0)
+    cbd, nmc = PHASES.index("CBD"), PHASES.index("NMC")
+    assert mottled[inner[cbd]].std() > 2 * flat[inner[cbd]].std()
+    assert mottled[inner[nmc]].std() == pytest.approx(flat[inner[nmc]].std(), rel=0.2)
+    assert mottled[inner[cbd]].mean() == pytest.approx(flat[inner[cbd]].mean(), rel=0.1)
+    np.testing.assert_array_equal(mottled, simulate_tomography(small_labels, replace(noiseless, cbd_density_std=0.5), seed=0))
+    with pytest.raises(ValueError, match="cbd_density_std"):
+        ImagingConfig(cbd_density_std=-0.1)
+
+
 def test_small_volume_generation_is_fast() -> None:
     start = time.perf_counter()
     labels = generate_microstructure(MicrostructureConfig(shape=(64, 64, 64)), seed=0)
