@@ -13,6 +13,7 @@ def test_tiny_generalist_fit(tmp_path):
     overrides = [
         "experiment=synthetic_generalist", "logger=csv",
         f"data.prepare.out_dir={data}", "data.prepare.shape=[48,32,32]", "data.prepare.randomization.imaging.n_angles=[16,48]",
+        "+data.prepare.randomization.imaging.cbd_density_std=[0,0.6]",
         "data.prepare.train_seeds=[0,1]", "data.prepare.test_seeds=[]",
         "+data.prepare.progress=false",
         f"data.images={data}/train_s*_image.tif", f"data.labels={data}/train_s*_label.tif",
