@@ -13,6 +13,11 @@ per class) on ``--scribble`` slices of it and scored on its other slices (``--te
    ``--regions`` regions of each slice (``--fraction2`` of the pixels) and the adapted CNN is
    fine-tuned again on both rounds; the same with as many *random* regions is the control.
 
+``--self-train`` adds self-training: the adapted CNN (TTA) and the forest both label the
+scribbled slices and the grey of the scored ones (transductive: their labels are never read);
+pixels where the two agree and the CNN is at least 0.9 sure become pseudo-labels (the scribbles
+stay as drawn), and the adapted CNN is fine-tuned once more on them.
+
 ``--ceiling`` adds what the same two slices give with their *dense* labels (the forest and the
 adapted CNN), the ceiling that scribbles on them can approach. ``--simulate`` replaces the
 shared slices by slices of a simulated electrode imaged with settings the plain simulator's
@@ -133,8 +138,9 @@ def scores(report: dict) -> dict:
     return {"miou": o["miou"], "accuracy": o["accuracy"], **{f"iou_{c}": o["iou"][c] for c in CLASSES}}
 
 
-def forest_scores(images: list[Path], scribbles: list[np.ndarray], test: list[Path], labels: list[Path]) -> tuple[dict, float]:
-    """Random forest fitted on the scribbled pixels, scored on the test slices; seconds to fit."""
+def forest_scores(images: list[Path], scribbles: list[np.ndarray], test: list[Path], labels: list[Path]
+                  ) -> tuple[dict, float, RandomForestSegmenter]:
+    """Random forest fitted on the scribbled pixels, scored on the test slices; seconds to fit; the forest."""
     norm = DEFAULT_NORMALIZE
     start = time.perf_counter()
     forest = RandomForestSegmenter(seed=0).fit(
@@ -145,7 +151,33 @@ def forest_scores(images: list[Path], scribbles: list[np.ndarray], test: list[Pa
         pred = forest.predict(normalize_percentile(read_image(img), norm["lower"], norm["upper"]))
         cm += confusion_matrix(pred, read_image(lab), 3)
     s = scores_from_confusion(cm, CLASSES)
-    return {"miou": s["miou"], "accuracy": s["accuracy"], **{f"iou_{c}": s["iou"][c] for c in CLASSES}}, seconds
+    return {"miou": s["miou"], "accuracy": s["accuracy"], **{f"iou_{c}": s["iou"][c] for c in CLASSES}}, seconds, forest
+
+
+def agreed_pseudo_labels(ckpt: Path, forest: RandomForestSegmenter, images: list[Path],
+                         scribbles: dict[str, np.ndarray], confidence: float = 0.9) -> list[np.ndarray]:
+    """Pseudo-labels (napari convention, 0 = unlabelled) of ``images`` for self-training.
+
+    A pixel is labelled where the CNN's TTA prediction and the forest's agree and the CNN's top
+    probability is at least ``confidence``; scribbled pixels (``scribbles[image stem]``, napari
+    convention) keep their scribble.
+    """
+    from src.inference.evaluation import WindowSettings, model_segmenter
+
+    seg = model_segmenter(ckpt, "cpu", WindowSettings(tta=True), progress=False)
+    norm = DEFAULT_NORMALIZE
+    out, got = [], []
+    for path in images:
+        raw = read_image(path)
+        got.clear()
+        pred = seg.predict(normalize_percentile(raw, **seg.normalize), lambda _, probs: got.append(np.asarray(probs)))
+        sure = got[0].reshape(-1, *raw.shape).max(0) >= confidence
+        agree = forest.predict(normalize_percentile(raw, norm["lower"], norm["upper"])) == pred
+        lab = np.where(sure & agree, pred.astype(np.uint8) + 1, 0).astype(np.uint8)
+        if path.stem in scribbles:
+            lab = np.where(scribbles[path.stem] > 0, scribbles[path.stem], lab)
+        out.append(lab)
+    return out
 
 
 def write_scribbles(folder: Path, names: list[str], scribbles: list[np.ndarray]) -> list[Path]:
@@ -215,6 +247,8 @@ def main() -> None:
     p.add_argument("--adapt", nargs="*", default=[], help="extra overrides of the adaptation runs")
     p.add_argument("--replay-weight", type=float, default=0.3,
                    help="an extra row: round 1 with the base training slices replayed (this share of patches; 0: no row)")
+    p.add_argument("--self-train", action="store_true",
+                   help="an extra row: round 1, then self-training on pseudo-labels where the CNN and the forest agree")
     p.add_argument("--ceiling", action="store_true",
                    help="extra rows: the forest and the adapted CNN on the dense labels of the scribbled slices")
     p.add_argument("--simulate", action="store_true",
@@ -249,7 +283,7 @@ def main() -> None:
     pct1 = 100 * float(np.mean([labelled_fraction(s) for s in first]))
     round1 = write_scribbles(out / "scribbles_round1", scrib_names, first)
 
-    forest, forest_s = forest_scores(scrib_images, first, test_images, test_labels)
+    forest, forest_s, forest_model = forest_scores(scrib_images, first, test_images, test_labels)
     add({"method": "random forest on the scribbles", "scribbled_pct": pct1, "seconds": forest_s, **forest})
 
     ckpt1, s1 = adapt(out / "adapt_round1", base, scrib_images, round1, args.adapt)
@@ -286,9 +320,26 @@ def main() -> None:
         add({"method": f"adapted CNN + replay of the old labels ({args.replay_weight:g})", "scribbled_pct": pct1,
                      "seconds": s_r, **scores(evaluate(out / "eval_round1_replay", ckpt_r, test_images, test_labels))})
 
+    if args.self_train:
+        start = time.perf_counter()
+        pseudo_images = scrib_images + test_images  # the scored slices' grey only, never their labels
+        pseudo = agreed_pseudo_labels(ckpt1, forest_model, pseudo_images,
+                                      {n: to_napari_labels(s) for n, s in zip(scrib_names, first, strict=True)})
+        pct_p = 100 * float(np.mean([(x > 0).mean() for x in pseudo]))
+        folder = out / "pseudo_labels"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for img, lab in zip(pseudo_images, pseudo, strict=True):
+            write_tiff(folder / f"{img.stem}_label.tif", lab)
+            paths.append(folder / f"{img.stem}_label.tif")
+        s_p = time.perf_counter() - start
+        ckpt_s, s_s = adapt(out / "adapt_self_train", ckpt1, pseudo_images, paths, args.adapt)
+        add({"method": f"adapted CNN + self-training ({pct_p:.0f} % pseudo-labelled)", "scribbled_pct": pct1,
+             "seconds": s1 + s_p + s_s, **scores(evaluate(out / "eval_self_train", ckpt_s, test_images, test_labels))})
+
     if args.ceiling:
         dense = [d / f"{n}_label.tif" for n in scrib_names]
-        forest_d, forest_ds = forest_scores(scrib_images, [read_image(x) for x in dense], test_images, test_labels)
+        forest_d, forest_ds, _ = forest_scores(scrib_images, [read_image(x) for x in dense], test_images, test_labels)
         add({"method": "ceiling: forest on the dense labels", "scribbled_pct": 100.0, "seconds": forest_ds, **forest_d})
         ckpt_d, s_d = adapt(out / "adapt_dense", base, scrib_images, dense,
                             ["data.label_values=null", "data.unlabelled_value=null", *args.adapt])
