@@ -156,10 +156,10 @@ def forest_scores(images: list[Path], scribbles: list[np.ndarray], test: list[Pa
 
 def agreed_pseudo_labels(ckpt: Path, forest: RandomForestSegmenter, images: list[Path],
                          scribbles: dict[str, np.ndarray], confidence: float = 0.9) -> list[np.ndarray]:
-    """Pseudo-labels (napari convention, 0 = unlabelled) of ``images`` for self-training.
+    """Pseudo-labels (``UNLABELLED`` where none) of ``images`` for self-training.
 
     A pixel is labelled where the CNN's TTA prediction and the forest's agree and the CNN's top
-    probability is at least ``confidence``; scribbled pixels (``scribbles[image stem]``, napari
+    probability is at least ``confidence``; scribbled pixels (``scribbles[image stem]``, same
     convention) keep their scribble.
     """
     from src.inference.evaluation import WindowSettings, model_segmenter
@@ -173,9 +173,9 @@ def agreed_pseudo_labels(ckpt: Path, forest: RandomForestSegmenter, images: list
         pred = seg.predict(normalize_percentile(raw, **seg.normalize), lambda _, probs: got.append(np.asarray(probs)))
         sure = got[0].reshape(-1, *raw.shape).max(0) >= confidence
         agree = forest.predict(normalize_percentile(raw, norm["lower"], norm["upper"])) == pred
-        lab = np.where(sure & agree, pred.astype(np.uint8) + 1, 0).astype(np.uint8)
+        lab = np.where(sure & agree, pred, UNLABELLED).astype(np.uint8)
         if path.stem in scribbles:
-            lab = np.where(scribbles[path.stem] > 0, scribbles[path.stem], lab)
+            lab = np.where(scribbles[path.stem] != UNLABELLED, scribbles[path.stem], lab).astype(np.uint8)
         out.append(lab)
     return out
 
@@ -323,15 +323,9 @@ def main() -> None:
     if args.self_train:
         start = time.perf_counter()
         pseudo_images = scrib_images + test_images  # the scored slices' grey only, never their labels
-        pseudo = agreed_pseudo_labels(ckpt1, forest_model, pseudo_images,
-                                      {n: to_napari_labels(s) for n, s in zip(scrib_names, first, strict=True)})
-        pct_p = 100 * float(np.mean([(x > 0).mean() for x in pseudo]))
-        folder = out / "pseudo_labels"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for img, lab in zip(pseudo_images, pseudo, strict=True):
-            write_tiff(folder / f"{img.stem}_label.tif", lab)
-            paths.append(folder / f"{img.stem}_label.tif")
+        pseudo = agreed_pseudo_labels(ckpt1, forest_model, pseudo_images, dict(zip(scrib_names, first, strict=True)))
+        pct_p = 100 * float(np.mean([labelled_fraction(x) for x in pseudo]))
+        paths = write_scribbles(out / "pseudo_labels", [img.stem for img in pseudo_images], pseudo)
         s_p = time.perf_counter() - start
         ckpt_s, s_s = adapt(out / "adapt_self_train", ckpt1, pseudo_images, paths, args.adapt)
         add({"method": f"adapted CNN + self-training ({pct_p:.0f} % pseudo-labelled)", "scribbled_pct": pct1,

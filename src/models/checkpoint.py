@@ -228,44 +228,31 @@ def load_pretrained_weights(module: torch.nn.Module, path: str | Path, prefix: s
     return len(own)
 
 
-def checkpoint_net_config(path: str | Path, num_classes: int | None = None) -> dict[str, Any]:
-    """The network config (``_target_`` and arguments) a checkpoint was trained with.
-
-    With it a fine-tuning run rebuilds exactly that net (``net_from_init=true``).
-
-    Args:
-        path: the checkpoint.
-        num_classes: set the net's ``num_classes``/``out_channels`` to this (another head), or None.
-
-    Returns:
-        The net config (a plain dict, ``_target_`` updated for moved classes).
-    """
-    ckpt = read_checkpoint(Path(path))
-    hp = ckpt.get("hyper_parameters", {})
-    net = hp.get("net") if isinstance(hp, dict) else None
-    if not isinstance(net, dict) or "_target_" not in net:
-        raise CheckpointError(f"checkpoint {path} stores no network config (hyper_parameters.net) to rebuild")
-    net = {**net, "_target_": current_target(net["_target_"])}
-    if num_classes is not None:
-        for key in ("num_classes", "out_channels"):
-            if key in net:
-                net[key] = int(num_classes)
-    return net
-
-
 def use_checkpoint_net(cfg: Any) -> None:
     """Make a run's model config rebuild its ``init_from`` checkpoint's net (``net_from_init=true``).
 
-    Sets ``cfg.model.net`` to the stored network config (head sized for ``cfg.data.class_names``)
-    and ``cfg.model.name`` to the stored model name, so the new checkpoint names the net it holds.
+    Sets ``cfg.model.net`` to the stored network config (``_target_`` updated for moved classes,
+    ``num_classes``/``out_channels`` sized for ``cfg.data.class_names``) and ``cfg.model.name`` to
+    the stored model name, so the new checkpoint names the net it holds.
 
     Args:
         cfg: a composed train config (an omegaconf ``DictConfig``) with ``init_from`` set; changed in place.
+
+    Raises:
+        CheckpointError: the checkpoint stores no network config to rebuild.
     """
     from omegaconf import OmegaConf
 
-    cfg.model.net = OmegaConf.create(checkpoint_net_config(cfg.init_from, len(cfg.data.class_names)))
-    hp = read_checkpoint(Path(cfg.init_from)).get("hyper_parameters", {})
-    name = hp.get("name") if isinstance(hp, dict) else None
-    if name and "name" in cfg.model:
-        cfg.model.name = str(name)
+    path = Path(cfg.init_from)
+    hp = read_checkpoint(path).get("hyper_parameters", {})
+    hp = hp if isinstance(hp, dict) else {}
+    net = hp.get("net")
+    if not isinstance(net, dict) or "_target_" not in net:
+        raise CheckpointError(f"checkpoint {path} stores no network config (hyper_parameters.net) to rebuild")
+    net = {**net, "_target_": current_target(net["_target_"])}
+    for key in ("num_classes", "out_channels"):
+        if key in net:
+            net[key] = len(cfg.data.class_names)
+    cfg.model.net = OmegaConf.create(net)
+    if hp.get("name") and "name" in cfg.model:
+        cfg.model.name = str(hp["name"])
