@@ -72,3 +72,18 @@ def test_new_checkpoints_store_their_kind(tmp_path):
     assert checkpoint_kind(tmp_path / "new.ckpt") == "segmentation"
     module, data = load_checkpoint(tmp_path / "new.ckpt")
     assert isinstance(module, SegmentationModule) and data == {"spatial_dims": 2}
+
+
+def test_net_from_init_needs_a_stored_net_config(tmp_path):
+    """net_from_init on a checkpoint without hyper_parameters.net: a clear error naming the file."""
+    import pytest
+    import torch
+
+    from src.models.checkpoint import CheckpointError, use_checkpoint_net
+    from tests.helpers import compose
+
+    path = tmp_path / "bare.ckpt"
+    torch.save({"hyper_parameters": {"name": "lrcsnet"}, "state_dict": {}}, path)
+    cfg = compose("train", ["experiment=segmentpy_generalist", "logger=none", f"init_from={path}"])
+    with pytest.raises(CheckpointError, match=r"bare\.ckpt stores no network config"):
+        use_checkpoint_net(cfg)
